@@ -1,0 +1,216 @@
+"""Video decoding, probing and encoding with PyAV.
+
+Every video the framework touches (real folders, the synthetic set, rollouts written at predict time)
+goes through these three functions, so training sees exactly the same decode path for all data.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["probe_video", "read_video", "resampled_length", "write_video"]
+
+# Frames are resized in chunks so a long high-resolution clip never needs all float frames at once.
+_RESIZE_CHUNK = 32
+# Tolerance for float fps ratios such as 8.0 / 8.0 that should give an exact frame count.
+_EPS = 1e-6
+
+
+def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
+    """Open `path` and return (container, first video stream) or raise naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"video file not found: {path}")
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        raise RuntimeError(f"cannot open video {path}: {err}") from err
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"no video stream in {path}")
+    return container, container.streams.video[0]
+
+
+def _native_fps(stream: av.video.stream.VideoStream, path: Path) -> float:
+    """Native frame rate from stream metadata; raise if the container does not state one."""
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+    if not rate or float(rate) <= 0:
+        raise RuntimeError(f"video {path} has no usable frame rate in its metadata")
+    return float(rate)
+
+
+def resampled_length(num_frames: int, native_fps: float, fps: float | None) -> int:
+    """Number of frames `read_video` returns for a `num_frames` clip resampled to `fps`."""
+    if fps is None:
+        return num_frames
+    return int(math.floor(num_frames * fps / native_fps + _EPS))
+
+
+def probe_video(path: str | Path) -> tuple[int, float]:
+    """Return (frame count at native rate, native fps) from container metadata.
+
+    Falls back to counting demuxed packets (no decoding) when the container does not store a frame
+    count, as Matroska/WebM often do not.
+    """
+    path = Path(path)
+    container, stream = _open_video(path)
+    try:
+        fps = _native_fps(stream, path)
+        count = int(stream.frames or 0)
+        if count <= 0:
+            count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+    except av.FFmpegError as err:
+        raise RuntimeError(f"cannot probe video {path}: {err}") from err
+    finally:
+        container.close()
+    if count <= 0:
+        raise RuntimeError(f"video {path} contains no frames")
+    return count, fps
+
+
+def _check_size(size: tuple[int, int] | None) -> None:
+    if size is not None and (len(size) != 2 or min(size) <= 0):
+        raise ValueError(f"size must be a (height, width) pair of positive ints, got {size!r}")
+
+
+def _resize_cover_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize uint8 [t, c, h, w] so it covers `size` keeping aspect, then centre crop."""
+    out_h, out_w = size
+    in_h, in_w = frames.shape[-2:]
+    if (in_h, in_w) == (out_h, out_w):
+        return frames
+    scale = max(out_h / in_h, out_w / in_w)
+    # ceil guarantees the scaled frame covers the target even after float rounding.
+    new_h = max(out_h, math.ceil(in_h * scale - _EPS))
+    new_w = max(out_w, math.ceil(in_w * scale - _EPS))
+    top, left = (new_h - out_h) // 2, (new_w - out_w) // 2
+    chunks = []
+    for start in range(0, frames.shape[0], _RESIZE_CHUNK):
+        chunk = frames[start : start + _RESIZE_CHUNK].float()
+        if (new_h, new_w) != (in_h, in_w):
+            chunk = F.interpolate(
+                chunk, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+            )
+        chunk = chunk[..., top : top + out_h, left : left + out_w]
+        chunks.append(chunk.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(chunks)
+
+
+def _nearest_indices(times: np.ndarray, native_fps: float, fps: float) -> np.ndarray:
+    """For each output time k / fps, the index of the source frame with the nearest timestamp."""
+    count = resampled_length(len(times), native_fps, fps)
+    targets = np.arange(count, dtype=np.float64) / fps
+    if len(times) == 1:
+        return np.zeros(count, dtype=np.int64)
+    # searchsorted on sorted timestamps, then pick the closer neighbour.
+    right = np.clip(np.searchsorted(times, targets), 1, len(times) - 1)
+    left = right - 1
+    pick_right = np.abs(times[right] - targets) < np.abs(targets - times[left])
+    return np.where(pick_right, right, left)
+
+
+def read_video(
+    path: str | Path, fps: float | None = None, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """Decode a video to uint8 [t, 3, h, w] RGB, optionally resampled to `fps` and resized to `size`.
+
+    Resampling keeps the clip's duration: output frame k shows the source frame whose timestamp is
+    nearest to k / fps (frames are dropped or duplicated). `size=(h, w)` scales the shorter side to
+    cover the target, then centre crops.
+    """
+    path = Path(path)
+    if fps is not None and not fps > 0:
+        raise ValueError(f"fps must be positive, got {fps!r}")
+    _check_size(size)
+    container, stream = _open_video(path)
+    stream.thread_type = "AUTO"
+    arrays: list[np.ndarray] = []
+    times: list[float | None] = []
+    try:
+        native = _native_fps(stream, path)
+        for frame in container.decode(stream):
+            arrays.append(frame.to_ndarray(format="rgb24"))
+            times.append(frame.time)
+    except av.FFmpegError as err:
+        raise RuntimeError(f"cannot decode video {path}: {err}") from err
+    finally:
+        container.close()
+    if not arrays:
+        raise RuntimeError(f"video {path} decoded to zero frames")
+
+    if fps is not None:
+        if any(t is None for t in times):
+            # Without timestamps assume a constant native rate, which is what the metadata states.
+            stamps = np.arange(len(arrays), dtype=np.float64) / native
+        else:
+            stamps = np.asarray(times, dtype=np.float64)
+            stamps = stamps - stamps[0]
+        order = np.argsort(stamps, kind="stable")
+        picked = order[_nearest_indices(stamps[order], native, fps)]
+        arrays = [arrays[i] for i in picked]
+        if not arrays:
+            raise RuntimeError(f"video {path} has no frames left after resampling to {fps} fps")
+
+    frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    if size is not None:
+        frames = _resize_cover_crop(frames, size)
+    return frames
+
+
+def _to_fraction(fps: float) -> Fraction:
+    # Denominator bound keeps NTSC rates such as 29.97 exact enough for the muxer.
+    return Fraction(fps).limit_denominator(1001 * 1000)
+
+
+def write_video(path: str | Path, frames: torch.Tensor, fps: float, *, crf: int = 12) -> None:
+    """Encode uint8 [t, 3, h, w] RGB frames to `path` (parent directories are created).
+
+    Uses H.264 (libx264, CRF `crf`): yuv420p for even sizes (plays everywhere) and yuv444p for odd
+    sizes, which 4:2:0 cannot represent, so the decoded size always equals the input size. Falls back
+    to MPEG-4 Part 2 at a high bitrate when this PyAV build has no libx264.
+    """
+    path = Path(path)
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[1] != 3:
+        raise ValueError(
+            f"write_video({path}): frames must be uint8 [t, 3, h, w], "
+            f"got {frames.dtype} {tuple(frames.shape)}"
+        )
+    if frames.shape[0] == 0:
+        raise ValueError(f"write_video({path}): no frames to write")
+    if not fps > 0:
+        raise ValueError(f"write_video({path}): fps must be positive, got {fps!r}")
+    height, width = int(frames.shape[2]), int(frames.shape[3])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+    container = av.open(str(path), mode="w")
+    try:
+        if "libx264" in av.codecs_available:
+            stream = container.add_stream("libx264", rate=_to_fraction(fps))
+            stream.width, stream.height = width, height
+            even = height % 2 == 0 and width % 2 == 0
+            stream.pix_fmt = "yuv420p" if even else "yuv444p"
+            # Single-threaded x264: threaded encoding is not bit-reproducible (clips here are small).
+            threads = "threads=1:lookahead-threads=1:sliced-threads=0"
+            stream.options = {"crf": str(crf), "preset": "medium", "x264-params": threads}
+        else:
+            stream = container.add_stream("mpeg4", rate=_to_fraction(fps))
+            stream.width, stream.height = width, height
+            stream.pix_fmt = "yuv420p"
+            # Scale the bitrate with pixel count: ~8 bits/pixel/frame is near-lossless for MPEG-4.
+            stream.bit_rate = max(1_000_000, int(8 * height * width * fps))
+        stream.codec_context.thread_count = 1
+        for image in array:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            container.mux(stream.encode(frame.reformat(format=stream.pix_fmt)))
+        container.mux(stream.encode())  # flush delayed (B-)frames
+    except av.FFmpegError as err:
+        raise RuntimeError(f"cannot encode video {path}: {err}") from err
+    finally:
+        container.close()

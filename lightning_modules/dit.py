@@ -1,0 +1,211 @@
+"""The autoregressive image-to-video DiT (Sec. 3, Fig. 1).
+
+To generate segment n the network attends jointly over one token sequence
+
+    [ text | psi_n (memory) | reference image | FramePack context | noisy segment ]
+
+with adaLN-Zero timestep conditioning (Peebles & Xie, 2023) and 3D RoPE on the visual tokens.
+The output head (final norm + linear) reads only the noisy tokens and predicts a velocity in the
+convention of `rectified_flow.py`. Text and memory tokens come first and are not rotated.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from lightning_modules.frame_pack import PATCH_1X, FramePackContext
+from lightning_modules.rope import Rope3D, RopeLayout, apply_rope, frame_indices, grid_positions
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal embedding of t in [0, 1] (scaled to 0..1000 as in DiT) followed by an MLP."""
+
+    def __init__(self, width: int, freq_dim: int = 256) -> None:
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, width), nn.SiLU(), nn.Linear(width, width))
+
+    def forward(self, t: Tensor) -> Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device) / half)
+        args = 1000 * t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+class Attention(nn.Module):
+    """Joint self-attention with QK-RMSNorm and RoPE, through F.scaled_dot_product_attention."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width)
+        self.q_norm = nn.RMSNorm(width // heads)
+        self.k_norm = nn.RMSNorm(width // heads)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, angles: Tensor) -> Tensor:
+        q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
+        q = apply_rope(self.q_norm(q), angles)
+        k = apply_rope(self.k_norm(k), angles)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block whose norms are modulated by c, residuals gated (adaLN-Zero)."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(width, heads)
+        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        hidden = int(width * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
+        )
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        nn.init.zeros_(self.modulation[1].weight)  # adaLN-Zero: every block starts as identity
+        nn.init.zeros_(self.modulation[1].bias)
+
+    def forward(self, x: Tensor, c: Tensor, angles: Tensor) -> Tensor:
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
+        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), angles)
+        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class OutputHead(nn.Module):
+    """Final adaLN norm + linear: the only part Direct Forcing trains (Sec. 4.1, A.2)."""
+
+    def __init__(self, width: int, out_dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
+        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
+        self.linear = nn.Linear(width, out_dim)
+        for layer in (self.modulation[1], self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.modulation(c).chunk(2, dim=-1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class VideoDiT(nn.Module):
+    """Autoregressive image-to-video DiT with FramePack-F1 context and a slot for memory tokens.
+
+    Args:
+        latent_channels: channels of the codec's latent (48 for the default 4x4 space-to-depth).
+        text_dim: width of the text encoder's features.
+        width, depth, heads, mlp_ratio: transformer size.
+        frame_pack: history latent frames packed at (1x, 2x, 4x); FramePack-F1 uses (1, 2, 16).
+        rope_layout: `absolute` (the paper's RoPE consistency) or `relative` (FramePack windows).
+        rope_theta: RoPE base.
+        grad_checkpointing: recompute block activations in backward to save memory.
+    """
+
+    def __init__(
+        self,
+        latent_channels: int = 48,
+        text_dim: int = 128,
+        width: int = 128,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: float = 4.0,
+        frame_pack: tuple[int, int, int] = (1, 2, 16),
+        rope_layout: RopeLayout = "absolute",
+        rope_theta: float = 10000.0,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        self.latent_channels = latent_channels
+        self.rope_layout = rope_layout
+        self.grad_checkpointing = grad_checkpointing
+        self.x_embed = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
+        self.context = FramePackContext(latent_channels, width, frame_pack)
+        self.text_proj = nn.Linear(text_dim, width)
+        self.t_embed = TimestepEmbedder(width)
+        self.text_pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width))
+        self.rope = Rope3D(width // heads, rope_theta)
+        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.head = OutputHead(width, latent_channels * math.prod(PATCH_1X))
+
+    @property
+    def history_frames(self) -> int:
+        return self.context.history_frames
+
+    def forward(
+        self,
+        noisy: Tensor,
+        t: Tensor,
+        segment_index: Tensor,
+        history: Tensor,
+        image: Tensor,
+        text: Tensor,
+        text_mask: Tensor,
+        memory: Tensor | None = None,
+    ) -> Tensor:
+        """Velocity for the noisy segment.
+
+        noisy [b, T, c, h, w] at time t [b]; segment_index [b] (which segment of the video);
+        history [b, K, c, h, w] the K latent frames before the segment, oldest first, zeros where
+        the video has none; image [b, 1, c, h, w] the reference latent; text [b, n, text_dim]
+        with text_mask [b, n] (used for pooling); memory [b, m, width] SemanticPack's psi_n.
+        """
+        b, frames, _, h, w = noisy.shape
+        hist_t, noisy_t = frame_indices(segment_index, frames, history.shape[1], self.rope_layout)
+        zero_t = torch.zeros(b, 1, device=noisy.device)
+
+        # Visual tokens and their (t, h, w) positions: image | context | noisy.
+        img_tok, img_pos = self.context.embed(image, zero_t, scale=1)
+        ctx_tok, ctx_pos = self.context(history, hist_t)
+        x_tok = rearrange(
+            self.x_embed(rearrange(noisy, "b f c h w -> b c f h w")), "b d f h w -> b (f h w) d"
+        )
+        x_pos = rearrange(
+            grid_positions(noisy_t, h // 2, w // 2), "b three f h w -> b (f h w) three"
+        )
+        visual_pos = torch.cat((img_pos, ctx_pos, x_pos), dim=1)
+
+        # Unrotated leading tokens: text, then memory psi_n (SemanticPack's slot).
+        txt_tok = self.text_proj(text)
+        lead = [txt_tok] if memory is None else [txt_tok, memory]
+        tokens = torch.cat([*lead, img_tok, ctx_tok, x_tok], dim=1)
+        n_lead = sum(t_.shape[1] for t_ in lead)
+        angles = self.rope(visual_pos)
+        angles = torch.cat((angles.new_zeros(b, n_lead, angles.shape[-1]), angles), dim=1)
+
+        # Conditioning vector: timestep + pooled prompt (MM-DiT style), drives every adaLN.
+        mask = text_mask.to(txt_tok.dtype)[..., None]
+        pooled = (txt_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
+        c = self.t_embed(t) + self.text_pool(pooled)
+
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training:
+                tokens = checkpoint(block, tokens, c, angles, use_reentrant=False)
+            else:
+                tokens = block(tokens, c, angles)
+
+        out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
+        kt, kh, kw = PATCH_1X
+        return rearrange(
+            out,
+            "b (f h w) (c pt ph pw) -> b (f pt) c (h ph) (w pw)",
+            f=frames // kt, h=h // kh, w=w // kw, pt=kt, ph=kh, pw=kw,
+        )  # fmt: skip
+
+    def tokens_per_segment(self, frames: int, h: int, w: int, text_tokens: int) -> int:
+        """Sequence length seen per segment (without memory tokens): constant in video length."""
+        noisy = frames * (h // 2) * (w // 2)
+        image = (h // 2) * (w // 2)
+        return text_tokens + image + self.context.num_tokens(h, w) + noisy

@@ -1,0 +1,110 @@
+"""FramePack-F1 short-term context (Sec. 3.1, "FramePack"; Zhang & Agrawala, 2025).
+
+The latent frames just before the current segment are packed at fixed compression ratios: the
+newest at 1x (patch 1x2x2), the next at 2x (2x4x4), older ones at 4x (4x8x8). Missing history
+(early segments) is zero-padded, so the context costs the same number of tokens for every segment
+of every video: the constant budget that makes autoregressive rollout O(1) per segment.
+"""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from lightning_modules.rope import grid_positions
+
+PATCH_1X = (1, 2, 2)
+PATCH_2X = (2, 4, 4)
+PATCH_4X = (4, 8, 8)
+
+
+def gather_history(latents: Tensor, start: Tensor, frames: int) -> Tensor:
+    """The `frames` latent frames before index `start` [b], oldest first, zero-padded in front.
+
+    latents: [b, f, c, h, w] (a whole video); returns [b, frames, c, h, w].
+    """
+    b = latents.shape[0]
+    padded = F.pad(latents, (0, 0, 0, 0, 0, 0, frames, 0))  # `frames` zero frames in front
+    idx = start.long()[:, None] + torch.arange(frames, device=latents.device)  # shifted by pad
+    return padded[torch.arange(b, device=latents.device)[:, None], idx]
+
+
+class FramePackContext(nn.Module):
+    """Packs history latents [b, K, c, h, w] into a fixed number of context tokens."""
+
+    def __init__(
+        self, latent_channels: int, width: int, counts: tuple[int, int, int] = (1, 2, 16)
+    ) -> None:
+        super().__init__()
+        n1, n2, n4 = counts
+        if min(counts) < 0 or n2 % PATCH_2X[0] or n4 % PATCH_4X[0]:
+            raise ValueError(
+                f"frame_pack counts (1x, 2x, 4x) = {counts} must be >= 0 with the 2x count a "
+                f"multiple of {PATCH_2X[0]} and the 4x count a multiple of {PATCH_4X[0]}"
+            )
+        self.counts = (n1, n2, n4)
+        self.proj_1x = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
+        self.proj_2x = nn.Conv3d(latent_channels, width, PATCH_2X, stride=PATCH_2X)
+        self.proj_4x = nn.Conv3d(latent_channels, width, PATCH_4X, stride=PATCH_4X)
+        self.reset_compressed_from_1x()
+
+    @torch.no_grad()
+    def reset_compressed_from_1x(self) -> None:
+        """FramePack's init: 2x/4x kernels are the 1x kernel tiled and divided by 8 and 64, so at
+        init a compressed token is the average of the 1x tokens it covers."""
+        for proj, kernel in ((self.proj_2x, PATCH_2X), (self.proj_4x, PATCH_4X)):
+            reps = [k // p for k, p in zip(kernel, PATCH_1X, strict=True)]
+            tiled = self.proj_1x.weight.repeat(1, 1, *reps)
+            proj.weight.copy_(tiled / (reps[0] * reps[1] * reps[2]))
+            proj.bias.copy_(self.proj_1x.bias)
+
+    @property
+    def history_frames(self) -> int:
+        return sum(self.counts)
+
+    def num_tokens(self, h: int, w: int) -> int:
+        """Context tokens for a latent grid h x w (same for every segment: the F1 budget)."""
+        total = 0
+        for n, (kt, kh, kw) in zip(self.counts, (PATCH_1X, PATCH_2X, PATCH_4X), strict=True):
+            total += (n // kt) * -(-h // kh) * -(-w // kw)
+        return total
+
+    def embed(self, x: Tensor, t_index: Tensor, scale: int) -> tuple[Tensor, Tensor]:
+        """Patchify x [b, f, c, h, w] at ratio `scale` (1, 2 or 4).
+
+        Returns tokens [b, n, d] and positions [b, n, 3]; a compressed token's position is the
+        mean of the 1x positions it covers (positions are pooled exactly like the content).
+        """
+        proj, kernel = {
+            1: (self.proj_1x, PATCH_1X),
+            2: (self.proj_2x, PATCH_2X),
+            4: (self.proj_4x, PATCH_4X),
+        }[scale]
+        b, f, _, h, w = x.shape
+        if h % 2 or w % 2:
+            raise ValueError(f"latent grid must be even for 1x2x2 patches, got {h}x{w}")
+        kt, kh, kw = kernel
+        pad_h, pad_w = -h % kh, -w % kw
+        x = rearrange(x, "b f c h w -> b c f h w")
+        pos = grid_positions(t_index, h // 2, w // 2)  # [b, 3, f, h/2, w/2] in 1x-patch units
+        if pad_h or pad_w:  # FramePack replicate-pads history to multiples of the kernel
+            x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
+            pos = F.pad(pos, (0, pad_w // 2, 0, pad_h // 2, 0, 0), mode="replicate")
+        tokens = rearrange(proj(x), "b d f h w -> b (f h w) d")
+        pos = F.avg_pool3d(pos, (kt, kh // 2, kw // 2))
+        return tokens, rearrange(pos, "b three f h w -> b (f h w) three")
+
+    def forward(self, history: Tensor, t_index: Tensor) -> tuple[Tensor, Tensor]:
+        """history [b, K, c, h, w] oldest first with temporal indices [b, K]."""
+        n1, n2, n4 = self.counts
+        if history.shape[1] != n1 + n2 + n4:
+            raise ValueError(f"expected {n1 + n2 + n4} history frames, got {history.shape[1]}")
+        parts = [(4, slice(0, n4)), (2, slice(n4, n4 + n2)), (1, slice(n4 + n2, None))]
+        tokens, pos = [], []
+        for scale, sl in parts:
+            if sl.stop == sl.start or (sl.stop is None and n1 == 0):
+                continue
+            tok, p = self.embed(history[:, sl], t_index[:, sl], scale)
+            tokens.append(tok)
+            pos.append(p)
+        return torch.cat(tokens, dim=1), torch.cat(pos, dim=1)

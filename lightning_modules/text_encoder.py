@@ -1,0 +1,54 @@
+"""Text encoders: captions -> token features the DiT attends to.
+
+Interface (what a real text model wrapper must provide, e.g. a LLaMA/T5 encoder loaded from a local
+path and kept frozen): `forward(captions: list[str]) -> (tokens [b, n, dim], mask [b, n] bool)`
+with a fixed n, and the attribute `dim`. The empty caption "" is the unconditional prompt used by
+classifier-free guidance.
+"""
+
+import re
+import zlib
+
+import torch
+from torch import Tensor, nn
+
+
+class TextEncoder(nn.Module):
+    """Base class; subclasses set `dim` and implement forward."""
+
+    dim: int
+
+    def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class HashTextEncoder(TextEncoder):
+    """Weight-free tokenizer + trainable embedding: the default that runs anywhere.
+
+    Words are lower-cased and hashed with CRC32 (stable across processes, unlike `hash`) into
+    `vocab_size - 2` buckets; id 0 pads, id 1 marks the start so "" still has one real token.
+    Padding tokens are attended to (no mask in attention) so "" is a distinct null condition.
+    """
+
+    PAD, BOS = 0, 1
+
+    def __init__(self, dim: int = 128, vocab_size: int = 4096, max_tokens: int = 16) -> None:
+        super().__init__()
+        if vocab_size < 3:
+            raise ValueError(f"vocab_size must be >= 3, got {vocab_size}")
+        self.dim = dim
+        self.vocab_size = vocab_size
+        self.max_tokens = max_tokens
+        self.embedding = nn.Embedding(vocab_size, dim)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def tokenize(self, caption: str) -> list[int]:
+        words = re.findall(r"[a-z0-9]+", caption.lower())
+        ids = [self.BOS] + [2 + zlib.crc32(w.encode()) % (self.vocab_size - 2) for w in words]
+        ids = ids[: self.max_tokens]
+        return ids + [self.PAD] * (self.max_tokens - len(ids))
+
+    def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        device = self.embedding.weight.device
+        ids = torch.tensor([self.tokenize(c) for c in captions], device=device, dtype=torch.long)
+        return self.embedding(ids), ids != self.PAD

@@ -1,0 +1,269 @@
+"""Stage 1: teacher forcing over the whole network (Sec. 4.1), and the autoregressive rollout.
+
+The LightningModule is glue: it owns the codec, the text encoder and the DiT, draws one training
+segment per video with its ground-truth history (teacher forcing), and exposes `generate` for
+rollouts. The Trainer owns the loop; media and evaluation live in `callbacks/` and `eval/`.
+"""
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from lightning_modules import rectified_flow as rf
+from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
+from lightning_modules.dit import VideoDiT
+from lightning_modules.frame_pack import gather_history
+from lightning_modules.text_encoder import HashTextEncoder, TextEncoder
+
+
+class VideoModule(L.LightningModule):
+    """Autoregressive image-to-video model trained with rectified flow and teacher forcing.
+
+    Args:
+        dit: the denoiser; its `latent_channels`/`text_dim` must match codec and text encoder.
+        codec: pixels <-> latents (default: weight-free space-to-depth).
+        text_encoder: captions -> tokens (default: hashed words + trainable embedding).
+        timestep_sampling, logit_mean, logit_std, shift: training-time t distribution.
+        prompt_dropout: probability of training on the empty prompt, enabling CFG.
+        lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
+        sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
+        rollout_segments: segments generated per example by `predict`.
+    """
+
+    def __init__(
+        self,
+        dit: VideoDiT,
+        codec: LatentCodec | None = None,
+        text_encoder: TextEncoder | None = None,
+        timestep_sampling: rf.TimestepSampling = "logit_normal",
+        logit_mean: float = 0.0,
+        logit_std: float = 1.0,
+        shift: float = 1.0,
+        prompt_dropout: float = 0.1,
+        lr: float = 3e-4,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.99),
+        warmup_steps: int = 50,
+        sample_steps: int = 16,
+        sample_shift: float = 1.0,
+        cfg_scale: float = 1.0,
+        rollout_segments: int = 4,
+    ) -> None:
+        super().__init__()
+        # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
+        # rebuilds the exact networks; outside the CLI the modules themselves are stored.
+        self.save_hyperparameters()
+        self.dit = dit
+        self.codec = codec if codec is not None else SpaceToDepthCodec()
+        self.text_encoder = text_encoder if text_encoder is not None else HashTextEncoder()
+        if self.codec.latent_channels != dit.latent_channels:
+            raise ValueError(
+                f"codec gives {self.codec.latent_channels} latent channels but the DiT expects "
+                f"dit.latent_channels={dit.latent_channels}"
+            )
+        if self.text_encoder.dim != dit.text_proj.in_features:
+            raise ValueError(
+                f"text encoder width {self.text_encoder.dim} != dit.text_dim "
+                f"{dit.text_proj.in_features}"
+            )
+        self.codec.requires_grad_(False)
+
+    # ----------------------------------------------------------------- conditioning inputs
+    def encode_video(self, video: Tensor) -> tuple[Tensor, int]:
+        """Pixel video [b, s, t, c, H, W] -> latents [b, s*T, c, h, w] and T latent frames/segment."""
+        b, s, t = video.shape[:3]
+        if t % self.codec.temporal_factor:
+            raise ValueError(
+                f"segment of {t} frames is not divisible by the codec's temporal factor "
+                f"{self.codec.temporal_factor}"
+            )
+        with torch.no_grad():
+            latents = self.codec.encode(rearrange(video, "b s t c h w -> b (s t) c h w"))
+        return latents, t // self.codec.temporal_factor
+
+    def encode_image(self, image: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.codec.encode(image[:, None])
+
+    def encode_text(self, captions: list[str], dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+        if dropout > 0:
+            keep = torch.rand(len(captions)) >= dropout
+            captions = [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
+        return self.text_encoder(captions)
+
+    # ----------------------------------------------------------------- long-term memory hooks
+    def init_memory(self, text: tuple[Tensor, Tensor], image: Tensor) -> Tensor | None:
+        """psi_0 from prompt features and the reference latent [b, 1, c, h, w] (Sec. 3.1).
+
+        None means no memory tokens (the FramePack-F1 baseline); SemanticPack overrides this.
+        """
+        return None
+
+    def update_memory(self, psi: Tensor | None, segment: Tensor) -> Tensor | None:
+        """Eq. 1: psi_{n+1} = Squeeze(psi_n, Memorize(x^n)) for a segment [b, T, c, h, w]."""
+        return psi
+
+    # ----------------------------------------------------------------- teacher forcing
+    def flow_loss(
+        self,
+        x: Tensor,
+        segment_index: Tensor,
+        history: Tensor,
+        image: Tensor,
+        text: tuple[Tensor, Tensor],
+        memory: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Eq. 5 for one segment x [b, T, c, h, w]; returns (loss, x_t, t, v) for reuse."""
+        hp = self.hparams
+        t = rf.sample_timesteps(
+            x.shape[0],
+            hp.timestep_sampling,
+            logit_mean=hp.logit_mean,
+            logit_std=hp.logit_std,
+            shift=hp.shift,
+            generator=generator,
+            device=x.device if generator is None else generator.device,
+        ).to(x.device)
+        eps = torch.randn(x.shape, generator=generator, device=t.device).to(x)
+        x_t = rf.interpolate(x, eps, t)
+        v = self.dit(x_t, t, segment_index, history, image, *text, memory=memory)
+        loss = F.mse_loss(v.float(), rf.target_velocity(x, eps).float())
+        return loss, x_t, t, v
+
+    def teacher_forcing_batch(
+        self, batch: dict[str, Any], generator: torch.Generator | None = None
+    ) -> tuple[Tensor, ...]:
+        """One random segment per video with its true history (stage 1)."""
+        latents, frames = self.encode_video(batch["video"])
+        num = batch["num_segments"].to(latents.device)
+        u = torch.rand(num.shape, generator=generator, device="cpu").to(latents.device)
+        seg = (u * num).long().clamp(max=num - 1)
+        idx = seg[:, None] * frames + torch.arange(frames, device=latents.device)
+        x = latents[torch.arange(len(seg), device=latents.device)[:, None], idx]
+        history = gather_history(latents, seg * frames, self.dit.history_frames)
+        return x, seg, history, self.encode_image(batch["image"])
+
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
+        if batch is None:  # every video of the batch failed to decode (already warned + counted)
+            return None
+        x, seg, history, image = self.teacher_forcing_batch(batch)
+        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
+        loss, *_ = self.flow_loss(x, seg, history, image, text)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        self._log_skipped()
+        return loss
+
+    def validation_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        if batch is None:
+            return
+        # A fixed generator per batch makes val/loss comparable across epochs.
+        gen = torch.Generator().manual_seed(1234 + batch_idx)
+        x, seg, history, image = self.teacher_forcing_batch(batch, generator=gen)
+        loss, *_ = self.flow_loss(
+            x, seg, history, image, self.encode_text(batch["caption"]), None, gen
+        )
+        self.log("val/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+
+    def test_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def _log_skipped(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "num_skipped"):
+            self.log("data/skipped_videos", float(dm.num_skipped), batch_size=1)
+
+    # ----------------------------------------------------------------- rollout
+    def velocity_fn(
+        self,
+        segment_index: Tensor,
+        history: Tensor,
+        image: Tensor,
+        text: tuple[Tensor, Tensor],
+        null_text: tuple[Tensor, Tensor] | None,
+        memory: Tensor | None = None,
+    ) -> rf.VelocityFn:
+        """v(x, t) for one segment, with classifier-free guidance batched into one call."""
+        scale = self.hparams.cfg_scale
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            if null_text is None or scale == 1.0:
+                return self.dit(x, t, segment_index, history, image, *text, memory=memory)
+            two = lambda a: None if a is None else torch.cat((a, a))  # noqa: E731
+            tokens = torch.cat((text[0], null_text[0]))
+            mask = torch.cat((text[1], null_text[1]))
+            v = self.dit(
+                two(x), two(t), two(segment_index), two(history), two(image), tokens, mask,
+                memory=two(memory),
+            )  # fmt: skip
+            cond, uncond = v.chunk(2)
+            return rf.guided(cond, uncond, scale)
+
+        return velocity
+
+    @torch.no_grad()
+    def generate(
+        self,
+        image: Tensor,
+        captions: list[str],
+        num_segments: int,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+        frames_per_segment: int | None = None,
+    ) -> Tensor:
+        """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W].
+
+        Each segment is sampled from noise conditioned on the history generated so far; only
+        the last K latent frames are kept for FramePack, so device memory is constant in length.
+        """
+        b = image.shape[0]
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        pixel_frames = frames_per_segment or getattr(dm, "segment_frames", None)
+        if pixel_frames is None:
+            raise ValueError("generate needs frames_per_segment when no datamodule is attached")
+        frames = pixel_frames // self.codec.temporal_factor
+        image_lat = self.encode_image(image)
+        _, _, c, h, w = image_lat.shape
+        history = image_lat.new_zeros(b, self.dit.history_frames, c, h, w)
+        text = self.text_encoder(list(captions))
+        null_text = self.text_encoder([""] * b) if self.hparams.cfg_scale != 1.0 else None
+        psi = self.init_memory(text, image_lat)
+        out = []
+        for k in tqdm(range(num_segments), desc="rollout", disable=not progress, leave=False):
+            seg_idx = torch.full((b,), k, device=image.device, dtype=torch.long)
+            noise = torch.randn((b, frames, c, h, w), generator=generator, device=image.device)
+            v = self.velocity_fn(seg_idx, history, image_lat, text, null_text, psi)
+            seg = rf.euler_sample(
+                v, noise.to(image_lat), self.hparams.sample_steps, shift=self.hparams.sample_shift
+            )
+            history = torch.cat((history, seg), dim=1)[:, -self.dit.history_frames :]
+            psi = self.update_memory(psi, seg)  # the recurrence runs on what was generated
+            out.append(to_uint8(self.codec.decode(seg)).cpu())
+        return torch.cat(out, dim=1)
+
+    def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:
+        if batch is None:
+            return None
+        video = self.generate(
+            batch["image"], batch["caption"], self.hparams.rollout_segments, progress=True
+        )
+        return {"video": video, "name": batch["name"], "caption": batch["caption"]}
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        params = [p for p in self.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
+        warmup = max(1, hp.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def to_uint8(frames: Tensor) -> Tensor:
+    """[-1, 1] float frames -> uint8, the format videos are written and scored in."""
+    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from lightning_modules.frame_pack import FramePackContext, gather_history
+from lightning_modules.rope import Rope3D, apply_rope, frame_indices, split_head_dim
+
+
+def _context_for_segment(pack: FramePackContext, k: int, frames: int = 8) -> torch.Tensor:
+    latents = torch.randn(1, (k + 1) * frames, 4, 8, 8)
+    hist = gather_history(latents, torch.tensor([k * frames]), pack.history_frames)
+    hist_t, _ = frame_indices(torch.tensor([k]), frames, pack.history_frames, "absolute")
+    tokens, pos = pack(hist, hist_t)
+    assert pos.shape[:2] == tokens.shape[:2]
+    return tokens
+
+
+def test_context_token_count_constant_over_video_length() -> None:
+    pack = FramePackContext(latent_channels=4, width=16, counts=(1, 2, 16))
+    counts = {k: _context_for_segment(pack, k).shape[1] for k in (0, 1, 5, 50)}
+    assert len(set(counts.values())) == 1, counts
+    # 1x: 1 frame of 4x4 patches, 2x: 1 group of 2x2, 4x: 4 groups of 1x1.
+    assert counts[0] == pack.num_tokens(8, 8) == 16 + 4 + 4
+
+
+def test_gather_history_zero_pads_and_keeps_order() -> None:
+    latents = torch.arange(1, 11).float()[None, :, None, None, None].expand(1, 10, 1, 2, 2)
+    hist = gather_history(latents, torch.tensor([3]), 5)
+    assert hist[0, :, 0, 0, 0].tolist() == [0, 0, 1, 2, 3]
+    hist = gather_history(latents, torch.tensor([10]), 4)
+    assert hist[0, :, 0, 0, 0].tolist() == [7, 8, 9, 10]
+
+
+def test_compressed_patchifiers_start_as_averages_of_1x() -> None:
+    pack = FramePackContext(latent_channels=3, width=8, counts=(1, 2, 4))
+    x = torch.randn(1, 2, 3, 4, 4)
+    t = torch.zeros(1, 2)
+    tok1, _ = pack.embed(x, t, scale=1)  # 2 frames x 2x2 patches
+    tok2, pos2 = pack.embed(x, t, scale=2)  # 1 token covering all of them
+    torch.testing.assert_close(tok2[0, 0], tok1[0].mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(pos2[0, 0], torch.tensor([0.0, 0.5, 0.5]))
+
+
+def test_bad_counts_raise() -> None:
+    with pytest.raises(ValueError, match="counts"):
+        FramePackContext(4, 8, counts=(1, 3, 16))
+
+
+def test_image_at_zero_and_segments_at_absolute_positions() -> None:
+    hist_t, noisy_t = frame_indices(torch.tensor([0, 3]), frames=8, history=19, layout="absolute")
+    assert noisy_t[0].tolist() == list(range(1, 9))  # image is 0, video frame j is 1 + j
+    assert noisy_t[1].tolist() == list(range(1 + 24, 1 + 32))
+    assert hist_t[1].tolist() == list(range(25 - 19, 25))  # right before the segment
+    rel_h, rel_n = frame_indices(torch.tensor([0, 3]), frames=8, history=19, layout="relative")
+    assert rel_h[0].tolist() == rel_h[1].tolist() == list(range(1, 20))  # FramePack-F1 layout
+    assert rel_n[1].tolist() == list(range(20, 28))
+
+
+def test_image_tokens_sit_at_temporal_index_zero_in_the_dit() -> None:
+    from lightning_modules.dit import VideoDiT
+
+    dit = VideoDiT(latent_channels=4, text_dim=8, width=32, depth=1, heads=2)
+    seen = {}
+    orig = dit.rope.forward
+    dit.rope.forward = lambda pos: seen.setdefault("pos", pos) is not None and orig(pos)  # type: ignore[method-assign]
+    dit(
+        torch.randn(1, 2, 4, 4, 4), torch.rand(1), torch.tensor([5]),
+        torch.randn(1, 19, 4, 4, 4), torch.randn(1, 1, 4, 4, 4),
+        torch.randn(1, 3, 8), torch.ones(1, 3, dtype=torch.bool),
+    )  # fmt: skip
+    pos = seen["pos"][0]
+    n_img = 4  # 2x2 patches of the 4x4 latent
+    assert pos[:n_img, 0].eq(0).all()
+    assert pos[-8:, 0].tolist() == [11.0] * 4 + [12.0] * 4  # segment 5 of 2 frames: 1 + 10, 1 + 11
+
+
+def test_rope_is_relative() -> None:
+    """Eq. 2: <R(m) q, R(n) k> depends only on n - m."""
+    rope = Rope3D(head_dim=16)
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def dot(m: float, n: float) -> torch.Tensor:
+        a = apply_rope(q, rope(torch.tensor([[[m, 1.0, 2.0]]])))
+        b = apply_rope(k, rope(torch.tensor([[[n, 1.0, 2.0]]])))
+        return (a * b).sum()
+
+    torch.testing.assert_close(dot(3, 7), dot(10, 14), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(dot(3, 7), dot(3, 8))
+    assert sum(split_head_dim(32)) == 32
