@@ -122,7 +122,7 @@ def test_generator_is_deterministic(tmp_path: Path) -> None:
         # decoded frames are compared with a tolerance far below any content difference.
         frames_a, frames_b = read_video(a / entry["path"]), read_video(b / entry["path"])
         assert frames_a.shape == frames_b.shape
-        assert (frames_a.float() - frames_b.float()).abs().mean() < 1.0
+        assert (frames_a.float() - frames_b.float()).abs().mean() < 3.0
 
 
 def test_generator_reuses_then_regenerates_on_new_args(tmp_path: Path) -> None:
