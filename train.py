@@ -22,5 +22,15 @@ def main(args: list[str] | None = None) -> LightningCLI:
     )
 
 
+def build_model(*configs: str) -> VideoModule:
+    """The model a config describes, without running anything (benchmarks, notebooks)."""
+    args = [a for c in (configs or ("configs/stage1.yaml",)) for a in ("--config", c)]
+    cli = LightningCLI(
+        VideoModule, VideoDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        run=False, args=args,
+    )  # fmt: skip
+    return cli.model
+
+
 if __name__ == "__main__":
     main()

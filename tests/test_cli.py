@@ -61,6 +61,11 @@ def test_validate_and_test_run_from_checkpoint(trained: tuple[Path, object]) -> 
     for sub in ("validate", "test"):
         out = main([sub, *cli_args(tmp), f"--ckpt_path={ckpt}"])
         assert "val/loss" in out.trainer.callback_metrics
+    # `test` runs the long-rollout evaluation: metrics per length, backend in every name.
+    metrics = out.trainer.callback_metrics
+    assert "eval/long/subject_consistency@effnet_lite0" in metrics, sorted(metrics)
+    assert "eval/short/drift/background_consistency@pixel" in metrics
+    assert list(Path(out.trainer.log_dir).glob("eval_test_*.md"))
 
 
 def test_predict_writes_decodable_mp4(trained: tuple[Path, object]) -> None:

@@ -1,0 +1,88 @@
+"""What a metric backend is: a named network producing per-frame outputs for one formula.
+
+Four kinds, one per kind of per-frame output the formulas in `eval/formulas.py` consume. Every backend
+has a `name` that is appended to the metric name (`subject_consistency@<name>`), so a proxy can never
+be mistaken for a VBench number.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FeatureBackend",
+    "FlowBackend",
+    "InterpolationBackend",
+    "ScoreBackend",
+    "TorchBackend",
+]
+
+
+@runtime_checkable
+class FeatureBackend(Protocol):
+    """Per-frame embeddings for subject / background consistency."""
+
+    name: str
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, 3, H, W] -> float [T, d] (on CPU)."""
+        ...
+
+
+@runtime_checkable
+class ScoreBackend(Protocol):
+    """Per-frame quality scores for aesthetic / imaging quality, already on VBench's 0..1 scale."""
+
+    name: str
+
+    def scores(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 [T, 3, H, W] -> float [T] (on CPU)."""
+        ...
+
+
+@runtime_checkable
+class FlowBackend(Protocol):
+    """Dense optical flow magnitude for dynamic degree."""
+
+    name: str
+
+    def flow_magnitude(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Two uint8 RGB [H, W, 3] frames -> per-pixel flow magnitude [H, W] in input pixels."""
+        ...
+
+
+@runtime_checkable
+class InterpolationBackend(Protocol):
+    """Midpoint frame interpolation for motion smoothness."""
+
+    name: str
+
+    def interpolate(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Two uint8 RGB [H, W, 3] frames -> the uint8 [H, W, 3] frame halfway between them."""
+        ...
+
+
+class TorchBackend:
+    """Mixin for backends that own an `nn.Module`: device placement and chunked inference."""
+
+    name: str = "torch"
+    batch_size: int = 16
+
+    def __init__(self, module: torch.nn.Module, device: str | torch.device | None = None) -> None:
+        self.module = module.eval()
+        for param in module.parameters():  # per parameter: ScriptModules lack requires_grad_
+            param.requires_grad_(False)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.module.to(self.device)
+
+    def to(self, device: str | torch.device) -> TorchBackend:
+        """Move the network (the callback moves it next to the model being evaluated)."""
+        self.device = torch.device(device)
+        self.module.to(self.device)
+        return self
+
+    def _chunks(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        return list(frames.split(self.batch_size))

@@ -1,0 +1,144 @@
+"""Choose metric backends by name (config / CLI) and bundle them as a `BackendSet`.
+
+A spec is `"<name>"` or `"<name>:<path>[,<path>]"` for backends that load local checkpoints, e.g.
+`subject="dino_vitb16:/ckpt/dino_vitbase16_pretrain.pth"`,
+`aesthetic="clip_vitl14_laion:/ckpt/ViT-L-14.pt,/ckpt/sa_0_4_vit_l_14_linear.pth"`.
+`"unavailable"` disables a metric: it is then reported as NaN under `<metric>@unavailable`, never
+faked. Not yet supported (no loader): RAFT (dynamic degree), MUSIQ (imaging), AMT-S (smoothness).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+
+from eval.backends.base import FeatureBackend, FlowBackend, InterpolationBackend, ScoreBackend
+
+__all__ = ["DEFAULT_SPECS", "ROLES", "BackendSet", "build_backend", "build_backends"]
+
+UNAVAILABLE = "unavailable"
+# role -> default spec. Weight-free or package-bundled, fast on CPU; see README / module docs.
+DEFAULT_SPECS: dict[str, str] = {
+    "subject": "effnet_lite0",  # semantic features: bundled ImageNet weights
+    "background": "pixel",  # scene layout / colour correlation, weight-free
+    "aesthetic": "colorfulness",  # proxy, NOT the LAION predictor
+    "imaging": "laplacian",  # proxy, NOT MUSIQ
+    "flow": "opencv_dis",  # stands in for RAFT
+    "interpolation": "opencv_dis",  # flow-warped midpoint, stands in for AMT-S
+}
+ROLES = tuple(DEFAULT_SPECS)
+_NOT_SUPPORTED = {"raft", "musiq", "amt_s", "amt"}
+
+
+@dataclass
+class BackendSet:
+    """One backend (or None = unavailable) per metric role."""
+
+    subject: FeatureBackend | None = None
+    background: FeatureBackend | None = None
+    aesthetic: ScoreBackend | None = None
+    imaging: ScoreBackend | None = None
+    flow: FlowBackend | None = None
+    interpolation: InterpolationBackend | None = None
+
+    def to(self, device: str | torch.device) -> BackendSet:
+        """Move torch backends to `device` (those that can move; CLIP archives load in place)."""
+        for f in fields(self):
+            backend = getattr(self, f.name)
+            if backend is not None and hasattr(backend, "to"):
+                try:
+                    backend.to(device)
+                except RuntimeError:
+                    pass  # a TorchScript archive stays where it was loaded; it still runs there
+        return self
+
+    def names(self) -> dict[str, str]:
+        """role -> backend name (`unavailable` for None)."""
+        return {f.name: _name(getattr(self, f.name)) for f in fields(self)}
+
+
+def _name(backend: object | None) -> str:
+    return UNAVAILABLE if backend is None else str(backend.name)
+
+
+def _paths(name: str, arg: str | None, count: int) -> list[str]:
+    parts = [p for p in (arg or "").split(",") if p]
+    if len(parts) != count:
+        raise ValueError(
+            f"backend {name!r} needs {count} local path(s) as '{name}:<path>', got {arg!r}"
+        )
+    return parts
+
+
+def build_backend(role: str, spec: str, device: str | torch.device | None = None) -> object | None:
+    """Build the backend for `role` from a spec string; imports happen here, never at import time."""
+    if role not in ROLES:
+        raise ValueError(f"unknown metric role {role!r}; expected one of {ROLES}")
+    name, _, arg = spec.strip().partition(":")
+    name = name.lower()
+    if name in (UNAVAILABLE, "none"):
+        return None
+    if name in _NOT_SUPPORTED:
+        raise ValueError(f"backend {name!r} is not yet supported; see eval/backends/registry.py")
+    kind = {"subject": "feature", "background": "feature", "aesthetic": "score"}.get(role, role)
+    kind = "score" if role == "imaging" else kind
+    if kind == "feature":
+        if name == "pixel":
+            from eval.backends.pixel import PixelFeatures
+
+            return PixelFeatures(size=int(arg) if arg else 32)
+        if name == "effnet_lite0":
+            from eval.backends.effnet_lite import EffNetLiteFeatures
+
+            return EffNetLiteFeatures(
+                checkpoint=arg or None, crop=role == "background", device=device
+            )
+        if name == "dino_vitb16":
+            from eval.backends.dino import DinoFeatures
+
+            return DinoFeatures(_paths(name, arg, 1)[0], device=device)
+        if name in ("clip_vitb32", "clip"):
+            from eval.backends.clip import ClipFeatures
+
+            return ClipFeatures(_paths(name, arg, 1)[0], device=device, name="clip_vitb32")
+    elif kind == "score":
+        if name == "laplacian":
+            from eval.backends.image_stats import LaplacianSharpness
+
+            return LaplacianSharpness()
+        if name == "colorfulness":
+            from eval.backends.image_stats import Colorfulness
+
+            return Colorfulness()
+        if name == "clip_vitl14_laion" and role == "aesthetic":
+            from eval.backends.clip import ClipAesthetic
+
+            clip_path, head_path = _paths(name, arg, 2)
+            return ClipAesthetic(clip_path, head_path, device=device)
+    elif name in ("opencv_dis", "opencv_farneback"):
+        from eval.backends.opencv_flow import OpenCVFlow
+
+        return OpenCVFlow(method=name.removeprefix("opencv_"), max_side=int(arg) if arg else None)
+    raise ValueError(f"unknown backend {spec!r} for metric role {role!r}")
+
+
+def build_backends(
+    specs: Mapping[str, str] | None = None, device: str | torch.device | None = None
+) -> BackendSet:
+    """Defaults overridden by `specs` (role -> spec); one shared instance per identical spec."""
+    merged = dict(DEFAULT_SPECS)
+    for role, spec in (specs or {}).items():
+        if role not in ROLES:
+            raise ValueError(f"unknown metric role {role!r}; expected one of {ROLES}")
+        merged[role] = spec
+    built: dict[tuple[str, str], object | None] = {}
+    out = {}
+    for role, spec in merged.items():
+        # Flow and interpolation share one OpenCV object; other roles get their own instance.
+        key = ("opencv", spec) if role in ("flow", "interpolation") else (role, spec)
+        if key not in built:
+            built[key] = build_backend(role, spec, device)
+        out[role] = built[key]
+    return BackendSet(**out)

@@ -1,0 +1,175 @@
+"""RolloutEvalCallback end to end on CPU with a fake generator; reads the TensorBoard events back."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks.rollout_eval import RolloutEvalCallback, shard_indices
+from datamodules.video_io import read_video
+
+FRAMES_PER_SEGMENT = 4
+
+
+class _FakeVideoModule(L.LightningModule):
+    """Tiny module whose `generate` slides the image right by one pixel per frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.generate_calls = 0
+
+    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self.layer(batch[0]).pow(2).mean())
+
+    def test_step(self, batch: list[torch.Tensor], batch_idx: int) -> None:
+        self.log("test_loss", self.layer(batch[0]).pow(2).mean())
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def generate(
+        self,
+        image: torch.Tensor,
+        captions: list[str],
+        num_segments: int,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        assert image.device == self.device and len(captions) == image.shape[0]
+        self.generate_calls += 1
+        frames = [image.roll(t, dims=-1) for t in range(num_segments * FRAMES_PER_SEGMENT)]
+        video = torch.stack(frames, dim=1)  # [b, T, c, h, w] in [-1, 1]
+        return ((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+class _FakeDataModule(L.LightningDataModule):
+    fps = 8.0
+
+    def __init__(self, num_val: int = 3) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        images = torch.nn.functional.interpolate(
+            torch.rand(num_val, 3, 6, 8, generator=gen), size=(24, 32)
+        )
+        self.val_set = [
+            {"image": img * 2 - 1, "caption": f"clip {i}"} for i, img in enumerate(images)
+        ]
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=2)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+
+def _scalars(log_dir: Path) -> tuple[dict[str, list], list[str]]:
+    events = sorted(log_dir.rglob("events.out.tfevents.*"))
+    assert events, f"no event file under {log_dir}"
+    scalars: dict[str, list] = {}
+    videos: list[str] = []
+    for path in events:
+        acc = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(acc.Scalars(tag))
+        videos += acc.Tags()["images"]  # add_video writes an animated-GIF image summary
+    return scalars, videos
+
+
+def test_callback_logs_metrics_curves_videos_and_tables(tmp_path: Path) -> None:
+    logger = TensorBoardLogger(tmp_path, name="run")
+    callback = RolloutEvalCallback(
+        lengths={"short": 2, "long": 3},
+        every_n_epochs=1,
+        num_videos=2,
+        backends={"subject": "pixel"},
+        num_logged_videos=1,
+    )
+    module, datamodule = _FakeVideoModule(), _FakeDataModule()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        limit_test_batches=1,
+        num_sanity_val_steps=0,
+        logger=logger,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    assert module.generate_calls == 4  # 2 videos x 2 lengths after epoch 0
+    trainer.test(module, datamodule=datamodule)
+    assert module.generate_calls == 8  # test runs regardless of every_n_epochs
+
+    scalars, videos = _scalars(Path(logger.log_dir))
+    key = "eval/long/subject_consistency@pixel"
+    assert key in scalars and 0.0 < scalars[key][-1].value < 1.0  # rolling image: not static
+    # 1 px per frame > threshold 6 * 24 / 256 = 0.56 px: the rollout counts as dynamic.
+    assert scalars["eval/short/dynamic_degree@opencv_dis"][-1].value == 1.0
+    assert "eval/short/drift/subject_consistency@pixel" in scalars
+    curve = scalars["eval_curve/long/subject_consistency@pixel"]
+    assert sorted({event.step for event in curve}) == [0, 1, 2]
+    assert any(tag.startswith("rollout/short/") for tag in videos), videos
+
+    run_dir = Path(logger.log_dir)
+    mp4s = sorted(run_dir.rglob("*.mp4"))
+    assert len(mp4s) == 8
+    frames = read_video(next(p for p in mp4s if p.parent.name == "short"))
+    assert frames.shape == (2 * FRAMES_PER_SEGMENT, 3, 24, 32)
+    (table,) = run_dir.glob("eval_test_epoch*.csv")
+    rows = list(csv.DictReader(table.open()))
+    assert [r["length"] for r in rows] == ["short", "long"]
+    assert float(rows[1]["subject_consistency@pixel"]) == pytest.approx(scalars[key][-1].value)
+    assert table.with_suffix(".md").read_text().count("|") > 20
+
+
+def test_callback_skips_without_val_set(tmp_path: Path) -> None:
+    callback = RolloutEvalCallback(lengths={"short": 1}, backends={"subject": "pixel"})
+    datamodule = _FakeDataModule()
+    datamodule.val_set = None
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    module = _FakeVideoModule()
+    with pytest.warns(UserWarning, match="no val_set"):
+        trainer.fit(module, datamodule=datamodule)
+    assert module.generate_calls == 0
+
+
+def test_callback_rejects_bad_lengths() -> None:
+    with pytest.raises(ValueError, match="lengths"):
+        RolloutEvalCallback(lengths={"short": 0})
+
+
+def test_shards_are_disjoint_and_equally_long() -> None:
+    shards = [shard_indices(5, rank, 3) for rank in range(3)]
+    assert shards == [[0, 3], [1, 4], [2, None]]
+    real = [i for shard in shards for i in shard if i is not None]
+    assert sorted(real) == list(range(5))
