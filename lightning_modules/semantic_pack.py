@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from lightning_modules.frame_pack import PATCH_1X
 from lightning_modules.rope import Rope3D, apply_rope, grid_positions
 
 Structure = Literal["A", "B", "C"]
@@ -78,8 +77,9 @@ class AttentionPool(nn.Module):
 class Memorize(nn.Module):
     """Memorize(x^n): windowed self-attention over a segment's latent tokens, reduced to m tokens.
 
-    A window is `window_frames` consecutive latent frames of the segment (all of their 1x2x2
-    patches); attention never crosses windows, so its cost is linear in the segment length
+    Latents are cut into `patch` (t, h, w) patches (coarser than the DiT's 1x2x2 keeps Memorize
+    cheap: it runs on every history segment in training). A window is `window_frames`
+    consecutive latent frames of the segment (all of their patches); attention never crosses windows, so its cost is linear in the segment length
     (Sec. 3.1: "self-attention within windows ... mitigates the prohibitive quadratic complexity").
     Tokens carry 3D RoPE at window-local positions so the summary keeps layout and motion cues.
     Reduction: m learned queries attend to every window's output (AttentionPool), i.e. a learned,
@@ -94,10 +94,17 @@ class Memorize(nn.Module):
         mlp_ratio: float,
         memory_tokens: int,
         window_frames: int,
+        patch: tuple[int, int, int],
     ) -> None:
         super().__init__()
+        if min(patch) < 1 or window_frames % patch[0]:
+            raise ValueError(
+                f"Memorize patch {patch} must be >= 1 with window_frames={window_frames} a "
+                f"multiple of its temporal size"
+            )
         self.window_frames = window_frames
-        self.embed = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
+        self.patch = patch
+        self.embed = nn.Conv3d(latent_channels, width, patch, stride=patch)
         self.rope = Rope3D(width // heads)
         self.norm1 = nn.LayerNorm(width)
         self.attn = MultiHeadAttention(width, heads)
@@ -106,9 +113,17 @@ class Memorize(nn.Module):
         self.reduce = AttentionPool(width, heads, memory_tokens)
 
     def tokens(self, latents: Tensor) -> Tensor:
-        """Patchify latent frames [b, f, c, h, w] -> [b, f, h/2, w/2, d] (also used for the image)."""
-        x = self.embed(rearrange(latents, "b f c h w -> b c f h w"))
-        return rearrange(x, "b d f h w -> b f h w d")
+        """Patchify latent frames [b, f, c, h, w] -> [b, f', h', w', d] (also used for the image).
+
+        Frames and grid are replicate-padded to multiples of the patch, as FramePack pads history
+        (so the single reference frame fills a whole temporal patch).
+        """
+        x = rearrange(latents, "b f c h w -> b c f h w")
+        pt, ph, pw = self.patch
+        pad = (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph, 0, -x.shape[-3] % pt)
+        if any(pad):
+            x = F.pad(x, pad, mode="replicate")
+        return rearrange(self.embed(x), "b d f h w -> b f h w d")
 
     def forward(self, segment: Tensor) -> Tensor:
         b, f = segment.shape[:2]
@@ -119,8 +134,9 @@ class Memorize(nn.Module):
             )
         tok = self.tokens(segment)
         h, w = tok.shape[2:4]
-        x = rearrange(tok, "b (n f) h w d -> (b n) (f h w) d", f=self.window_frames)
-        t_local = torch.arange(self.window_frames, device=segment.device)[None]
+        window = self.window_frames // self.patch[0]  # in token frames
+        x = rearrange(tok, "b (n f) h w d -> (b n) (f h w) d", f=window)
+        t_local = torch.arange(window, device=segment.device)[None]
         pos = rearrange(grid_positions(t_local, h, w), "b three f h w -> b (f h w) three")
         x = x + self.attn(self.norm1(x), self.norm1(x), angles=self.rope(pos))
         x = x + self.mlp(self.norm2(x))
@@ -158,6 +174,7 @@ class SemanticPack(nn.Module):
         width: memory token width; must equal the DiT's width (psi joins its token sequence).
         memory_tokens: m, the fixed number of memory tokens.
         window_frames: latent frames per Memorize attention window (divides the segment length).
+        patch: Memorize's (t, h, w) patch of the latent; coarser is cheaper.
         heads, mlp_ratio: size of the Memorize / Squeeze layers.
         structure: `A` query = Memorize(x^n), key/value = psi_n (the paper's); `B` query = psi_n
             (seeded by text + image), key/value = Memorize(x^n); `C` as B, but the first update's
@@ -175,6 +192,7 @@ class SemanticPack(nn.Module):
         width: int = 128,
         memory_tokens: int = 16,
         window_frames: int = 2,
+        patch: tuple[int, int, int] = (1, 2, 2),
         heads: int = 4,
         mlp_ratio: float = 2.0,
         structure: Structure = "A",
@@ -199,7 +217,7 @@ class SemanticPack(nn.Module):
         self.psi_init = psi_init
         self.memory_bptt = memory_bptt
         self.memorize = Memorize(
-            latent_channels, width, heads, mlp_ratio, memory_tokens, window_frames
+            latent_channels, width, heads, mlp_ratio, memory_tokens, window_frames, tuple(patch)
         )
         self.squeeze = Squeeze(width, heads, mlp_ratio)
         if psi_init == "semantic":
@@ -225,7 +243,10 @@ class SemanticPack(nn.Module):
     # ----------------------------------------------------------------- Eq. 1
     def forward(self, psi: Tensor, segment: Tensor, step: int | None = None) -> Tensor:
         """psi_{n+1} from psi_n [b, m, d] and segment x^n [b, T, c, h, w]; `step` is n."""
-        visual = self.memorize(segment)
+        return self.squeeze_step(psi, self.memorize(segment), step)
+
+    def squeeze_step(self, psi: Tensor, visual: Tensor, step: int | None = None) -> Tensor:
+        """The Squeeze half of Eq. 1, given visual = Memorize(x^n) [b, m, d]."""
         if self.structure == "A":
             return self.squeeze(visual, psi)
         if self.structure == "B":
@@ -241,16 +262,26 @@ class SemanticPack(nn.Module):
 
         segments [b, s, T, c, h, w] (s >= max i_b), target [b] = i_b. Videos are batched: the
         update at step n only applies where n < i_b. Gradient flows through the last
-        `memory_bptt` updates of each video; earlier ones are detached (truncated BPTT), and steps
-        no video needs gradient for run under no_grad, so long videos stay affordable.
+        `memory_bptt` updates of each video; earlier ones are detached (truncated BPTT).
+        Memorize does not depend on psi, so it runs once, batched, on exactly the (video, step)
+        pairs that are used: without gradient outside the windows (forward only, linear in the
+        history) and with gradient inside (at most b * memory_bptt segments, whatever the length).
+        Only the cheap Squeeze over m tokens runs step by step.
         """
+        b, steps = target.shape[0], int(target.max())
+        n = torch.arange(steps, device=target.device)
+        live = n[None] < target[:, None]  # [b, s]: steps each video's recurrence runs
+        in_window = n[None] >= (target - self.memory_bptt)[:, None]  # [b, s]: steps with grad
+        visual = psi0.new_zeros(b, steps, self.memory_tokens, self.width)
+        for grad, used in ((False, live & ~in_window), (True, live & in_window)):
+            if used.any():
+                with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                    visual = visual.index_put((used,), self.memorize(segments[:, :steps][used]))
         psi = psi0
-        for n in range(int(target.max())):
-            live = (n < target)[:, None, None]
-            in_window = (n >= target - self.memory_bptt)[:, None, None]
-            need_grad = torch.is_grad_enabled() and bool((live & in_window).any())
-            with torch.set_grad_enabled(need_grad):
-                new = self(psi, segments[:, n], step=n)
-            new = torch.where(in_window, new, new.detach())
-            psi = torch.where(live, new, psi)
+        for k in range(steps):
+            grad = torch.is_grad_enabled() and bool((live & in_window)[:, k].any())
+            with torch.set_grad_enabled(grad):
+                new = self.squeeze_step(psi, visual[:, k], step=k)
+            new = torch.where(in_window[:, k, None, None], new, new.detach())
+            psi = torch.where(live[:, k, None, None], new, psi)
         return psi

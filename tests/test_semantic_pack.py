@@ -66,8 +66,9 @@ def batch_with_late_segments(module: VideoModule) -> tuple[dict, torch.Generator
     raise AssertionError("no seed picks a late segment")
 
 
-def test_psi_has_fixed_shape_over_a_long_recurrence() -> None:
-    pack = tiny_pack().eval()
+@pytest.mark.parametrize("patch", [(1, 2, 2), (2, 4, 4)])
+def test_psi_has_fixed_shape_over_a_long_recurrence(patch: tuple[int, int, int]) -> None:
+    pack = tiny_pack(patch=patch).eval()
     text, image = torch.randn(2, 7, 16), torch.randn(2, 1, 12, 8, 8)
     psi = pack.init(text, image)
     shapes = {0: psi.shape}
