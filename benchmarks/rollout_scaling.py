@@ -58,7 +58,12 @@ def build(mode: str, width: int, depth: int, steps: int) -> Any:
     context = "full_history" if mode == "full_history" else "framepack"
     dit = VideoDiT(latent_channels=48, text_dim=128, width=width, depth=depth, heads=2,
                    context=context)  # fmt: skip
-    pack = SemanticPack(width=width, heads=2, memory_tokens=16) if mode == "memorypack" else None
+    # SemanticPack as in configs/stage1.yaml (coarse Memorize patches, m = 8), at this width.
+    pack = (
+        SemanticPack(width=width, heads=2, memory_tokens=8, window_frames=4, patch=(2, 4, 4))
+        if mode == "memorypack"
+        else None
+    )
     module = VideoModule(dit, SpaceToDepthCodec(patch=4), HashTextEncoder(dim=128), pack,
                          sample_steps=steps)  # fmt: skip
     return module.eval()
