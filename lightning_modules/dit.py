@@ -7,9 +7,16 @@ To generate segment n the network attends jointly over one token sequence
 with adaLN-Zero timestep conditioning (Peebles & Xie, 2023) and 3D RoPE on the visual tokens.
 The output head (final norm + linear) reads only the noisy tokens and predicts a velocity in the
 convention of `rectified_flow.py`. Text and memory tokens come first and are not rotated.
+
+Memory read-in is gated (see `Attention`): psi_n is carried as a second token stream through the
+same blocks, and the other tokens read it through a separate softmax scaled by a learnable
+per-head gate that starts at zero, so enabling SemanticPack leaves the output of a trained
+FramePack-F1 model unchanged at step 0. `context="full_history"` replaces FramePack's packed
+context by every previous latent frame at 1x: the quadratic baseline the paper argues against.
 """
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +48,20 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
+ContextMode = Literal["framepack", "full_history"]
+
+
 class Attention(nn.Module):
-    """Joint self-attention with QK-RMSNorm and RoPE, through F.scaled_dot_product_attention."""
+    """Joint self-attention with QK-RMSNorm and RoPE, through F.scaled_dot_product_attention.
+
+    With memory tokens psi (unrotated), the joint attention is split (LLaMA-Adapter's zero-init
+    attention, Zhang et al., 2023): the other tokens attend among themselves exactly as in
+    FramePack-F1 and read psi in their own softmax over the m memory keys, added with a
+    per-head gate g initialised to 0:  out = softmax(q K^T) V + g * softmax(q K_psi^T) V_psi.
+    At g = 0 this is bit-identical to the F1 output, yet dL/dg = <dL/dout, read> is non-zero, so
+    the gate opens during training. The extra cost is one n x m attention (m << n). Memory tokens
+    themselves attend to the whole joint sequence (their own stream, as extra tokens would).
+    """
 
     def __init__(self, width: int, heads: int) -> None:
         super().__init__()
@@ -53,13 +72,28 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(width // heads)
         self.k_norm = nn.RMSNorm(width // heads)
         self.proj = nn.Linear(width, width)
+        self.register_parameter("memory_gate", None)  # created by VideoDiT.enable_memory()
 
-    def forward(self, x: Tensor, angles: Tensor) -> Tensor:
+    def heads_of(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         q, k, v = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.heads)
-        q = apply_rope(self.q_norm(q), angles)
-        k = apply_rope(self.k_norm(k), angles)
+        return self.q_norm(q), self.k_norm(k), v
+
+    def forward(
+        self, x: Tensor, angles: Tensor, memory: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        q, k, v = self.heads_of(x)
+        q, k = apply_rope(q, angles), apply_rope(k, angles)
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(rearrange(out, "b h n d -> b n (h d)"))
+        if memory is None:
+            return self.proj(rearrange(out, "b h n d -> b n (h d)")), None
+        if self.memory_gate is None:
+            raise ValueError("memory tokens were given but this DiT has no memory gates")
+        qm, km, vm = self.heads_of(memory)  # psi is not rotated: it has no place in space-time
+        read = F.scaled_dot_product_attention(q, km, vm)
+        out = out + self.memory_gate[:, None, None] * read
+        mem = F.scaled_dot_product_attention(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
+        merge = "b h n d -> b n (h d)"
+        return self.proj(rearrange(out, merge)), self.proj(rearrange(mem, merge))
 
 
 class DiTBlock(nn.Module):
@@ -78,10 +112,19 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].weight)  # adaLN-Zero: every block starts as identity
         nn.init.zeros_(self.modulation[1].bias)
 
-    def forward(self, x: Tensor, c: Tensor, angles: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, c: Tensor, angles: Tensor, memory: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        x = x + gate1[:, None] * self.attn(modulate(self.norm1(x), shift1, scale1), angles)
-        return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        norm1 = lambda y: modulate(self.norm1(y), shift1, scale1)  # noqa: E731
+        norm2 = lambda y: modulate(self.norm2(y), shift2, scale2)  # noqa: E731
+        attn, mem_attn = self.attn(norm1(x), angles, None if memory is None else norm1(memory))
+        x = x + gate1[:, None] * attn
+        x = x + gate2[:, None] * self.mlp(norm2(x))
+        if memory is not None:  # psi's own stream through the same block weights
+            memory = memory + gate1[:, None] * mem_attn
+            memory = memory + gate2[:, None] * self.mlp(norm2(memory))
+        return x, memory
 
 
 class OutputHead(nn.Module):
@@ -111,6 +154,8 @@ class VideoDiT(nn.Module):
         frame_pack: history latent frames packed at (1x, 2x, 4x); FramePack-F1 uses (1, 2, 16).
         rope_layout: `absolute` (the paper's RoPE consistency) or `relative` (FramePack windows).
         rope_theta: RoPE base.
+        context: `framepack` (fixed token budget) or `full_history` (every previous latent frame
+            at 1x; cost grows with the video: the quadratic baseline of the scaling benchmark).
         grad_checkpointing: recompute block activations in backward to save memory.
     """
 
@@ -125,10 +170,15 @@ class VideoDiT(nn.Module):
         frame_pack: tuple[int, int, int] = (1, 2, 16),
         rope_layout: RopeLayout = "absolute",
         rope_theta: float = 10000.0,
+        context: ContextMode = "framepack",
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        if context not in ("framepack", "full_history"):
+            raise ValueError(f"unknown context {context!r}; expected 'framepack' or 'full_history'")
         self.latent_channels = latent_channels
+        self.width = width
+        self.context_mode = context
         self.rope_layout = rope_layout
         self.grad_checkpointing = grad_checkpointing
         self.x_embed = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
@@ -141,8 +191,15 @@ class VideoDiT(nn.Module):
         self.head = OutputHead(width, latent_channels * math.prod(PATCH_1X))
 
     @property
-    def history_frames(self) -> int:
-        return self.context.history_frames
+    def history_frames(self) -> int | None:
+        """History latent frames the DiT reads; None = all of them (`full_history`)."""
+        return None if self.context_mode == "full_history" else self.context.history_frames
+
+    def enable_memory(self) -> None:
+        """Add the zero-initialised per-head memory-read gates (one per block), once."""
+        for block in self.blocks:
+            if block.attn.memory_gate is None:
+                block.attn.memory_gate = nn.Parameter(torch.zeros(block.attn.heads))
 
     def forward(
         self,
@@ -159,7 +216,7 @@ class VideoDiT(nn.Module):
 
         noisy [b, T, c, h, w] at time t [b]; segment_index [b] (which segment of the video);
         history [b, K, c, h, w] the K latent frames before the segment, oldest first, zeros where
-        the video has none; image [b, 1, c, h, w] the reference latent; text [b, n, text_dim]
+        the video has none (any K >= 0 in `full_history` mode); image [b, 1, c, h, w] the reference latent; text [b, n, text_dim]
         with text_mask [b, n] (used for pooling); memory [b, m, width] SemanticPack's psi_n.
         """
         b, frames, _, h, w = noisy.shape
@@ -168,7 +225,12 @@ class VideoDiT(nn.Module):
 
         # Visual tokens and their (t, h, w) positions: image | context | noisy.
         img_tok, img_pos = self.context.embed(image, zero_t, scale=1)
-        ctx_tok, ctx_pos = self.context(history, hist_t)
+        if self.context_mode == "framepack":
+            ctx_tok, ctx_pos = self.context(history, hist_t)
+        elif history.shape[1]:  # full history: every previous latent frame, uncompressed
+            ctx_tok, ctx_pos = self.context.embed(history, hist_t, scale=1)
+        else:
+            ctx_tok, ctx_pos = img_tok[:, :0], img_pos[:, :0]
         x_tok = rearrange(
             self.x_embed(rearrange(noisy, "b f c h w -> b c f h w")), "b d f h w -> b (f h w) d"
         )
@@ -177,13 +239,11 @@ class VideoDiT(nn.Module):
         )
         visual_pos = torch.cat((img_pos, ctx_pos, x_pos), dim=1)
 
-        # Unrotated leading tokens: text, then memory psi_n (SemanticPack's slot).
+        # Unrotated leading text tokens; memory psi_n follows them as its own gated stream.
         txt_tok = self.text_proj(text)
-        lead = [txt_tok] if memory is None else [txt_tok, memory]
-        tokens = torch.cat([*lead, img_tok, ctx_tok, x_tok], dim=1)
-        n_lead = sum(t_.shape[1] for t_ in lead)
+        tokens = torch.cat([txt_tok, img_tok, ctx_tok, x_tok], dim=1)
         angles = self.rope(visual_pos)
-        angles = torch.cat((angles.new_zeros(b, n_lead, angles.shape[-1]), angles), dim=1)
+        angles = torch.cat((angles.new_zeros(b, txt_tok.shape[1], angles.shape[-1]), angles), 1)
 
         # Conditioning vector: timestep + pooled prompt (MM-DiT style), drives every adaLN.
         mask = text_mask.to(txt_tok.dtype)[..., None]
@@ -192,9 +252,9 @@ class VideoDiT(nn.Module):
 
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                tokens = checkpoint(block, tokens, c, angles, use_reentrant=False)
+                tokens, memory = checkpoint(block, tokens, c, angles, memory, use_reentrant=False)
             else:
-                tokens = block(tokens, c, angles)
+                tokens, memory = block(tokens, c, angles, memory)
 
         out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
         kt, kh, kw = PATCH_1X
@@ -205,7 +265,10 @@ class VideoDiT(nn.Module):
         )  # fmt: skip
 
     def tokens_per_segment(self, frames: int, h: int, w: int, text_tokens: int) -> int:
-        """Sequence length seen per segment (without memory tokens): constant in video length."""
+        """Sequence length seen per segment (without memory tokens): constant in video length
+        for `framepack`; `full_history` adds (h/2)(w/2) tokens per history frame instead."""
+        if self.context_mode == "full_history":
+            raise ValueError("full_history has no fixed token budget per segment")
         noisy = frames * (h // 2) * (w // 2)
         image = (h // 2) * (w // 2)
         return text_tokens + image + self.context.num_tokens(h, w) + noisy

@@ -5,6 +5,7 @@ segment per video with its ground-truth history (teacher forcing), and exposes `
 rollouts. The Trainer owns the loop; media and evaluation live in `callbacks/` and `eval/`.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
 from lightning_modules.dit import VideoDiT
 from lightning_modules.frame_pack import gather_history
+from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.text_encoder import HashTextEncoder, TextEncoder
 
 
@@ -28,6 +30,8 @@ class VideoModule(L.LightningModule):
         dit: the denoiser; its `latent_channels`/`text_dim` must match codec and text encoder.
         codec: pixels <-> latents (default: weight-free space-to-depth).
         text_encoder: captions -> tokens (default: hashed words + trainable embedding).
+        semantic_pack: SemanticPack long-term memory (MemoryPack, Sec. 3.1); None gives the
+            FramePack-F1 baseline.
         timestep_sampling, logit_mean, logit_std, shift: training-time t distribution.
         prompt_dropout: probability of training on the empty prompt, enabling CFG.
         lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
@@ -40,6 +44,7 @@ class VideoModule(L.LightningModule):
         dit: VideoDiT,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
+        semantic_pack: SemanticPack | None = None,
         timestep_sampling: rf.TimestepSampling = "logit_normal",
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
@@ -72,6 +77,10 @@ class VideoModule(L.LightningModule):
                 f"{dit.text_proj.in_features}"
             )
         self.codec.requires_grad_(False)
+        self.semantic_pack = semantic_pack
+        if semantic_pack is not None:
+            check_semantic_pack(semantic_pack, dit, self.text_encoder.dim)
+            dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
 
     # ----------------------------------------------------------------- conditioning inputs
     def encode_video(self, video: Tensor) -> tuple[Tensor, int]:
@@ -100,13 +109,38 @@ class VideoModule(L.LightningModule):
     def init_memory(self, text: tuple[Tensor, Tensor], image: Tensor) -> Tensor | None:
         """psi_0 from prompt features and the reference latent [b, 1, c, h, w] (Sec. 3.1).
 
-        None means no memory tokens (the FramePack-F1 baseline); SemanticPack overrides this.
+        None means no memory tokens (the FramePack-F1 baseline, `semantic_pack: null`).
         """
-        return None
+        if self.semantic_pack is None:
+            return None
+        return self.semantic_pack.init(text[0], image)
 
-    def update_memory(self, psi: Tensor | None, segment: Tensor) -> Tensor | None:
-        """Eq. 1: psi_{n+1} = Squeeze(psi_n, Memorize(x^n)) for a segment [b, T, c, h, w]."""
-        return psi
+    def update_memory(
+        self, psi: Tensor | None, segment: Tensor, step: int | None = None
+    ) -> Tensor | None:
+        """Eq. 1: psi_{n+1} = Squeeze(psi_n, Memorize(x^n)) for a segment [b, T, c, h, w].
+
+        `step` is n (only structure C needs it: its first update differs).
+        """
+        if self.semantic_pack is None or psi is None:
+            return psi
+        return self.semantic_pack(psi, segment, step=step)
+
+    def teacher_forced_memory(
+        self,
+        latents: Tensor,
+        frames: int,
+        segment_index: Tensor,
+        text: tuple[Tensor, Tensor],
+        image: Tensor,
+    ) -> Tensor | None:
+        """psi for each video's training segment i_b, from its ground-truth segments 0..i_b-1."""
+        psi0 = self.init_memory(text, image)
+        if psi0 is None:
+            return None
+        n = max(int(segment_index.max()), 1)
+        segments = rearrange(latents[:, : n * frames], "b (s t) c h w -> b s t c h w", t=frames)
+        return self.semantic_pack.teacher_forced(psi0, segments, segment_index)
 
     # ----------------------------------------------------------------- teacher forcing
     def flow_loss(
@@ -137,25 +171,45 @@ class VideoModule(L.LightningModule):
         return loss, x_t, t, v
 
     def teacher_forcing_batch(
-        self, batch: dict[str, Any], generator: torch.Generator | None = None
+        self,
+        batch: dict[str, Any],
+        generator: torch.Generator | None = None,
+        encoded: tuple[Tensor, int] | None = None,
     ) -> tuple[Tensor, ...]:
-        """One random segment per video with its true history (stage 1)."""
-        latents, frames = self.encode_video(batch["video"])
+        """One random segment per video with its true history (stage 1).
+
+        `encoded` = encode_video(batch["video"]) when the caller already has the latents.
+        """
+        latents, frames = encoded if encoded is not None else self.encode_video(batch["video"])
         num = batch["num_segments"].to(latents.device)
         u = torch.rand(num.shape, generator=generator, device="cpu").to(latents.device)
         seg = (u * num).long().clamp(max=num - 1)
         idx = seg[:, None] * frames + torch.arange(frames, device=latents.device)
         x = latents[torch.arange(len(seg), device=latents.device)[:, None], idx]
-        history = gather_history(latents, seg * frames, self.dit.history_frames)
+        keep = self.dit.history_frames  # None: full history, as long as the longest needs
+        keep = int(seg.max()) * frames if keep is None else keep
+        history = gather_history(latents, seg * frames, keep)
         return x, seg, history, self.encode_image(batch["image"])
+
+    def teacher_forcing_loss(
+        self,
+        batch: dict[str, Any],
+        prompt_dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Stage-1 loss of a batch: one segment per video, true history, teacher-forced psi."""
+        encoded = self.encode_video(batch["video"])
+        x, seg, history, image = self.teacher_forcing_batch(batch, generator, encoded)
+        text = self.encode_text(batch["caption"], prompt_dropout)
+        psi = self.teacher_forced_memory(*encoded, seg, text, image)
+        loss, *_ = self.flow_loss(x, seg, history, image, text, psi, generator)
+        return loss
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
         if batch is None:  # every video of the batch failed to decode (already warned + counted)
             return None
-        x, seg, history, image = self.teacher_forcing_batch(batch)
-        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
-        loss, *_ = self.flow_loss(x, seg, history, image, text)
-        self.log("train/loss", loss, prog_bar=True, batch_size=x.shape[0])
+        loss = self.teacher_forcing_loss(batch, self.hparams.prompt_dropout)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         self._log_skipped()
         return loss
 
@@ -164,11 +218,9 @@ class VideoModule(L.LightningModule):
             return
         # A fixed generator per batch makes val/loss comparable across epochs.
         gen = torch.Generator().manual_seed(1234 + batch_idx)
-        x, seg, history, image = self.teacher_forcing_batch(batch, generator=gen)
-        loss, *_ = self.flow_loss(
-            x, seg, history, image, self.encode_text(batch["caption"]), None, gen
-        )
-        self.log("val/loss", loss, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+        loss = self.teacher_forcing_loss(batch, generator=gen)
+        b = len(batch["caption"])
+        self.log("val/loss", loss, prog_bar=True, batch_size=b, sync_dist=True)
 
     def test_step(self, batch: dict[str, Any] | None, batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)
@@ -215,11 +267,14 @@ class VideoModule(L.LightningModule):
         generator: torch.Generator | None = None,
         progress: bool = False,
         frames_per_segment: int | None = None,
+        on_segment: Callable[[int], None] | None = None,
     ) -> Tensor:
         """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W].
 
         Each segment is sampled from noise conditioned on the history generated so far; only
-        the last K latent frames are kept for FramePack, so device memory is constant in length.
+        the last K latent frames are kept for FramePack and psi has a fixed size, so device
+        memory is constant in length (`full_history` keeps everything: its quadratic baseline).
+        `on_segment(k)` is called after segment k (the scaling benchmark times segments with it).
         """
         b = image.shape[0]
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -229,7 +284,8 @@ class VideoModule(L.LightningModule):
         frames = pixel_frames // self.codec.temporal_factor
         image_lat = self.encode_image(image)
         _, _, c, h, w = image_lat.shape
-        history = image_lat.new_zeros(b, self.dit.history_frames, c, h, w)
+        keep = self.dit.history_frames  # None: full_history keeps the whole generated video
+        history = image_lat.new_zeros(b, keep or 0, c, h, w)
         text = self.text_encoder(list(captions))
         null_text = self.text_encoder([""] * b) if self.hparams.cfg_scale != 1.0 else None
         psi = self.init_memory(text, image_lat)
@@ -241,9 +297,12 @@ class VideoModule(L.LightningModule):
             seg = rf.euler_sample(
                 v, noise.to(image_lat), self.hparams.sample_steps, shift=self.hparams.sample_shift
             )
-            history = torch.cat((history, seg), dim=1)[:, -self.dit.history_frames :]
-            psi = self.update_memory(psi, seg)  # the recurrence runs on what was generated
+            history = torch.cat((history, seg), dim=1)
+            history = history if keep is None else history[:, -keep:]
+            psi = self.update_memory(psi, seg, step=k)  # the recurrence runs on what was generated
             out.append(to_uint8(self.codec.decode(seg)).cpu())
+            if on_segment is not None:
+                on_segment(k)
         return torch.cat(out, dim=1)
 
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:
@@ -262,6 +321,17 @@ class VideoModule(L.LightningModule):
         warmup = max(1, hp.warmup_steps)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_semantic_pack(pack: SemanticPack, dit: VideoDiT, text_dim: int) -> None:
+    """psi joins the DiT's token sequence, so widths and input channels must agree."""
+    for name, got, want in (
+        ("width", pack.width, dit.width),
+        ("latent_channels", pack.latent_channels, dit.latent_channels),
+        ("text_dim", pack.text_dim, text_dim),
+    ):
+        if got != want:
+            raise ValueError(f"semantic_pack.{name}={got} must equal the model's {want}")
 
 
 def to_uint8(frames: Tensor) -> Tensor:

@@ -1,0 +1,287 @@
+"""SemanticPack: the long-term memory of MemoryPack (Sec. 3.1, Eq. 1; structures of App. A.1).
+
+    psi_0     = Pool_m(concat(prompt features, reference-image features))      (Sec. 3.1, n = 0)
+    psi_{n+1} = Squeeze(psi_n, Memorize(x^n))                                   (Eq. 1)
+
+Memorize runs self-attention inside windows of a segment's latent tokens and reduces them to m
+memory tokens; Squeeze is a cross-attention layer (+ MLP) whose query is the Memorize output and
+whose key/value is psi_n (structure A, the paper's choice). psi has a FIXED shape [b, m, width]
+whatever the video length, so every update and every DiT call costs the same: N segments cost O(N).
+"""
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from lightning_modules.rope import Rope3D, apply_rope, grid_positions
+
+Structure = Literal["A", "B", "C"]
+PsiInit = Literal["semantic", "zero"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Attention from `query` [b, m, d] to `context` [b, n, d] with QK-RMSNorm (as in the DiT).
+
+    With `angles` (self-attention only, query is context) both q and k are rotated by 3D RoPE.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"SemanticPack width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.q_norm = nn.RMSNorm(width // heads)
+        self.k_norm = nn.RMSNorm(width // heads)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, query: Tensor, context: Tensor, angles: Tensor | None = None) -> Tensor:
+        q = self.q_norm(rearrange(self.q(query), "b m (h d) -> b h m d", h=self.heads))
+        k, v = rearrange(self.kv(context), "b n (two h d) -> two b h n d", two=2, h=self.heads)
+        k = self.k_norm(k)
+        if angles is not None:
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(rearrange(out, "b h m d -> b m (h d)"))
+
+
+def mlp(width: int, ratio: float) -> nn.Sequential:
+    hidden = int(width * ratio)
+    return nn.Sequential(
+        nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
+    )
+
+
+class AttentionPool(nn.Module):
+    """m learned query slots read a variable number of tokens: [b, n, d] -> [b, m, d].
+
+    The reduction to a fixed m (Perceiver / Q-Former style) is what makes psi's size independent
+    of the segment's resolution and of the prompt length, so psi_0 and psi_n share one shape.
+    """
+
+    def __init__(self, width: int, heads: int, slots: int) -> None:
+        super().__init__()
+        self.slots = nn.Parameter(torch.randn(slots, width) * width**-0.5)
+        self.norm_kv = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        slots = repeat(self.slots, "m d -> b m d", b=tokens.shape[0]).to(tokens.dtype)
+        return slots + self.attn(slots, self.norm_kv(tokens))
+
+
+class Memorize(nn.Module):
+    """Memorize(x^n): windowed self-attention over a segment's latent tokens, reduced to m tokens.
+
+    Latents are cut into `patch` (t, h, w) patches (coarser than the DiT's 1x2x2 keeps Memorize
+    cheap: it runs on every history segment in training). A window is `window_frames`
+    consecutive latent frames of the segment (all of their patches); attention never crosses windows, so its cost is linear in the segment length
+    (Sec. 3.1: "self-attention within windows ... mitigates the prohibitive quadratic complexity").
+    Tokens carry 3D RoPE at window-local positions so the summary keeps layout and motion cues.
+    Reduction: m learned queries attend to every window's output (AttentionPool), i.e. a learned,
+    content-dependent summary rather than fixed pooling, with m independent of grid and length.
+    """
+
+    def __init__(
+        self,
+        latent_channels: int,
+        width: int,
+        heads: int,
+        mlp_ratio: float,
+        memory_tokens: int,
+        window_frames: int,
+        patch: tuple[int, int, int],
+    ) -> None:
+        super().__init__()
+        if min(patch) < 1 or window_frames % patch[0]:
+            raise ValueError(
+                f"Memorize patch {patch} must be >= 1 with window_frames={window_frames} a "
+                f"multiple of its temporal size"
+            )
+        self.window_frames = window_frames
+        self.patch = patch
+        self.embed = nn.Conv3d(latent_channels, width, patch, stride=patch)
+        self.rope = Rope3D(width // heads)
+        self.norm1 = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = mlp(width, mlp_ratio)
+        self.reduce = AttentionPool(width, heads, memory_tokens)
+
+    def tokens(self, latents: Tensor) -> Tensor:
+        """Patchify latent frames [b, f, c, h, w] -> [b, f', h', w', d] (also used for the image).
+
+        Frames and grid are replicate-padded to multiples of the patch, as FramePack pads history
+        (so the single reference frame fills a whole temporal patch).
+        """
+        x = rearrange(latents, "b f c h w -> b c f h w")
+        pt, ph, pw = self.patch
+        pad = (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph, 0, -x.shape[-3] % pt)
+        if any(pad):
+            x = F.pad(x, pad, mode="replicate")
+        return rearrange(self.embed(x), "b d f h w -> b f h w d")
+
+    def forward(self, segment: Tensor) -> Tensor:
+        b, f = segment.shape[:2]
+        if f % self.window_frames:
+            raise ValueError(
+                f"segment of {f} latent frames is not divisible by window_frames="
+                f"{self.window_frames}"
+            )
+        tok = self.tokens(segment)
+        h, w = tok.shape[2:4]
+        window = self.window_frames // self.patch[0]  # in token frames
+        x = rearrange(tok, "b (n f) h w d -> (b n) (f h w) d", f=window)
+        t_local = torch.arange(window, device=segment.device)[None]
+        pos = rearrange(grid_positions(t_local, h, w), "b three f h w -> b (f h w) three")
+        x = x + self.attn(self.norm1(x), self.norm1(x), angles=self.rope(pos))
+        x = x + self.mlp(self.norm2(x))
+        return self.reduce(rearrange(x, "(b n) l d -> b (n l) d", b=b))
+
+
+class Squeeze(nn.Module):
+    """Squeeze: cross-attention (query -> key/value) + MLP, both residual on the query.
+
+    The output has the query's shape. The final LayerNorm bounds psi: the recurrence applies this
+    layer to its own output up to thousands of times in a long rollout.
+    """
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm_q = nn.LayerNorm(width)
+        self.norm_kv = nn.LayerNorm(width)
+        self.attn = MultiHeadAttention(width, heads)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = mlp(width, mlp_ratio)
+        self.out_norm = nn.LayerNorm(width)
+
+    def forward(self, query: Tensor, key_value: Tensor) -> Tensor:
+        x = query + self.attn(self.norm_q(query), self.norm_kv(key_value))
+        x = x + self.mlp(self.norm2(x))
+        return self.out_norm(x)
+
+
+class SemanticPack(nn.Module):
+    """Long-term memory psi [b, m, width] updated once per segment by Eq. 1.
+
+    Args:
+        latent_channels: channels of the codec's latent (the DiT's `latent_channels`).
+        text_dim: width of the text encoder's features.
+        width: memory token width; must equal the DiT's width (psi joins its token sequence).
+        memory_tokens: m, the fixed number of memory tokens.
+        window_frames: latent frames per Memorize attention window (divides the segment length).
+        patch: Memorize's (t, h, w) patch of the latent; coarser is cheaper.
+        heads, mlp_ratio: size of the Memorize / Squeeze layers.
+        structure: `A` query = Memorize(x^n), key/value = psi_n (the paper's); `B` query = psi_n
+            (seeded by text + image), key/value = Memorize(x^n); `C` as B, but the first update's
+            query is enriched with the first segment's visual tokens (App. A.1, Fig. 6).
+        psi_init: `semantic` psi_0 from prompt + image (Sec. 3.1); `zero` the zero-MemoryPack
+            ablation (Sec. 4.3).
+        memory_bptt: teacher forcing backpropagates through the last `memory_bptt` updates of the
+            recurrence only; older updates run without gradient (truncated BPTT).
+    """
+
+    def __init__(
+        self,
+        latent_channels: int = 48,
+        text_dim: int = 128,
+        width: int = 128,
+        memory_tokens: int = 16,
+        window_frames: int = 2,
+        patch: tuple[int, int, int] = (1, 2, 2),
+        heads: int = 4,
+        mlp_ratio: float = 2.0,
+        structure: Structure = "A",
+        psi_init: PsiInit = "semantic",
+        memory_bptt: int = 2,
+    ) -> None:
+        super().__init__()
+        if structure not in ("A", "B", "C"):
+            raise ValueError(f"unknown SemanticPack structure {structure!r}; expected A, B or C")
+        if psi_init not in ("semantic", "zero"):
+            raise ValueError(f"unknown psi_init {psi_init!r}; expected 'semantic' or 'zero'")
+        for name, value in (("memory_tokens", memory_tokens), ("window_frames", window_frames)):
+            if value < 1:
+                raise ValueError(f"SemanticPack {name} must be >= 1, got {value}")
+        if memory_bptt < 0:
+            raise ValueError(f"memory_bptt must be >= 0, got {memory_bptt}")
+        self.latent_channels = latent_channels
+        self.text_dim = text_dim
+        self.width = width
+        self.memory_tokens = memory_tokens
+        self.structure = structure
+        self.psi_init = psi_init
+        self.memory_bptt = memory_bptt
+        self.memorize = Memorize(
+            latent_channels, width, heads, mlp_ratio, memory_tokens, window_frames, tuple(patch)
+        )
+        self.squeeze = Squeeze(width, heads, mlp_ratio)
+        if psi_init == "semantic":
+            self.text_proj = nn.Linear(text_dim, width)
+            self.init_pool = AttentionPool(width, heads, memory_tokens)
+        if structure == "C":  # channel-concat keeps m tokens: psi's size stays fixed
+            self.enrich = nn.Linear(2 * width, width)
+
+    # ----------------------------------------------------------------- n = 0
+    def init(self, text: Tensor, image: Tensor) -> Tensor:
+        """psi_0 from prompt features [b, n, text_dim] and the reference latent [b, 1, c, h, w].
+
+        Sec. 3.1 sets psi_0 to the concatenation of prompt and image features; we concatenate them
+        as tokens and pool the result to the m slots, so psi_0 has the shape of every later psi.
+        Padding text tokens are kept, as in the DiT, so the empty prompt is a distinct condition.
+        """
+        b = image.shape[0]
+        if self.psi_init == "zero":
+            return image.new_zeros(b, self.memory_tokens, self.width)
+        img = rearrange(self.memorize.tokens(image), "b f h w d -> b (f h w) d")
+        return self.init_pool(torch.cat((self.text_proj(text), img), dim=1))
+
+    # ----------------------------------------------------------------- Eq. 1
+    def forward(self, psi: Tensor, segment: Tensor, step: int | None = None) -> Tensor:
+        """psi_{n+1} from psi_n [b, m, d] and segment x^n [b, T, c, h, w]; `step` is n."""
+        return self.squeeze_step(psi, self.memorize(segment), step)
+
+    def squeeze_step(self, psi: Tensor, visual: Tensor, step: int | None = None) -> Tensor:
+        """The Squeeze half of Eq. 1, given visual = Memorize(x^n) [b, m, d]."""
+        if self.structure == "A":
+            return self.squeeze(visual, psi)
+        if self.structure == "B":
+            return self.squeeze(psi, visual)
+        if step is None:
+            raise ValueError("SemanticPack structure 'C' needs the segment index `step`")
+        query = self.enrich(torch.cat((psi, visual), dim=-1)) if step == 0 else psi
+        return self.squeeze(query, visual)
+
+    # ----------------------------------------------------------------- teacher forcing
+    def teacher_forced(self, psi0: Tensor, segments: Tensor, target: Tensor) -> Tensor:
+        """psi_{i_b} for each video b: Eq. 1 run over its ground-truth segments 0..i_b-1.
+
+        segments [b, s, T, c, h, w] (s >= max i_b), target [b] = i_b. Videos are batched: the
+        update at step n only applies where n < i_b. Gradient flows through the last
+        `memory_bptt` updates of each video; earlier ones are detached (truncated BPTT).
+        Memorize does not depend on psi, so it runs once, batched, on exactly the (video, step)
+        pairs that are used: without gradient outside the windows (forward only, linear in the
+        history) and with gradient inside (at most b * memory_bptt segments, whatever the length).
+        Only the cheap Squeeze over m tokens runs step by step.
+        """
+        b, steps = target.shape[0], int(target.max())
+        n = torch.arange(steps, device=target.device)
+        live = n[None] < target[:, None]  # [b, s]: steps each video's recurrence runs
+        in_window = n[None] >= (target - self.memory_bptt)[:, None]  # [b, s]: steps with grad
+        visual = psi0.new_zeros(b, steps, self.memory_tokens, self.width)
+        for grad, used in ((False, live & ~in_window), (True, live & in_window)):
+            if used.any():
+                with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                    visual = visual.index_put((used,), self.memorize(segments[:, :steps][used]))
+        psi = psi0
+        for k in range(steps):
+            grad = torch.is_grad_enabled() and bool((live & in_window)[:, k].any())
+            with torch.set_grad_enabled(grad):
+                new = self.squeeze_step(psi, visual[:, k], step=k)
+            new = torch.where(in_window[:, k, None, None], new, new.detach())
+            psi = torch.where(live[:, k, None, None], new, psi)
+        return psi
