@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
 from datamodules.curriculum import CurriculumBatchSampler, LengthCurriculum
@@ -163,6 +164,33 @@ def test_one_optimizer_step_per_video_or_window(
 ) -> None:
     trainer = fit(stage2(ckpt, segments_per_step=per_step), [3, 3])
     assert trainer.global_step == steps
+
+
+def test_ddp_all_reduces_once_per_optimizer_step(ckpt: Path) -> None:
+    """A real (1-process, gloo) DDP run: count the gradient all-reduces with a comm hook."""
+    reduces: list[int] = []
+
+    def count(
+        state: object, bucket: torch.distributed.GradBucket
+    ) -> torch.futures.Future[torch.Tensor]:
+        reduces.append(bucket.buffer().numel())
+        fut: torch.futures.Future = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    class Hook(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+            assert isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)
+            trainer.model.register_comm_hook(None, count)
+
+    try:
+        strategy = DDPStrategy(process_group_backend="gloo")
+        trainer = fit(stage2(ckpt), [3, 2], strategy=strategy, devices=1, callbacks=[Hook()])
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert trainer.global_step == 2
+    assert len(reduces) == 2  # 5 backward passes, 2 steps: no all-reduce inside a video
 
 
 def test_ragged_batch_skips_padding_segments(ckpt: Path) -> None:

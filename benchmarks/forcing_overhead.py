@@ -1,0 +1,133 @@
+"""Cost of the history modes of stage 2: teacher vs direct vs student(k) (Sec. 3.2, Fig. 2).
+
+The paper claims Direct Forcing "incurs no additional overhead" over teacher forcing: the one-step
+estimate reuses the loss's forward pass. Student forcing runs the sampler (k extra forwards per
+segment). This trains each mode on the same videos (same segment count, tiny model, CPU) and
+prints the median wall time per video step. Modes are interleaved in short rounds and the ratios
+are medians of per-round ratios, so bursts of load on a shared machine hit the modes alike.
+
+    python benchmarks/forcing_overhead.py [--segments 4] [--rounds 5] [--json out.json]
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from datamodules.video_dataset import collate_videos
+from lightning_modules.codec import SpaceToDepthCodec
+from lightning_modules.direct_forcing import DirectForcingModule
+from lightning_modules.dit import VideoDiT
+from lightning_modules.text_encoder import HashTextEncoder
+from lightning_modules.video_module import VideoModule
+
+
+def parts(args: argparse.Namespace) -> dict[str, Any]:
+    dit = VideoDiT(
+        latent_channels=48, text_dim=128, width=args.width, depth=args.depth, heads=2,
+        frame_pack=(1, 2, 4),
+    )  # fmt: skip
+    return {"dit": dit, "codec": SpaceToDepthCodec(4), "text_encoder": HashTextEncoder(128)}
+
+
+class StepTimer(L.Callback):
+    """Wall time of every training step (one video, all its segments, one optimizer step)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+def videos(n: int, segments: int, frames: int, size: int) -> list[dict[str, Any]]:
+    gen = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        video = torch.rand(segments, frames, 3, size, size, generator=gen) * 2 - 1
+        out.append({"video": video, "image": video[0, 0].clone(), "caption": f"a clip {i}",
+                    "num_segments": segments, "name": str(i)})  # fmt: skip
+    return out
+
+
+def time_mode(mode: str, ckpt: Path, data: list[dict], args: argparse.Namespace) -> list[float]:
+    torch.manual_seed(0)
+    module = DirectForcingModule(
+        init_checkpoint=str(ckpt), history=mode, student_steps=args.student_steps, **parts(args)
+    )
+    timer = StepTimer()
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_epochs=1, callbacks=[timer],
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(data, batch_size=1, collate_fn=collate_videos))
+    return timer.times[args.warmup :]
+
+
+def main() -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--segments", type=int, default=4, help="segments per video")
+    parser.add_argument("--videos", type=int, default=3, help="timed videos per round and mode")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2, help="steps dropped per run")
+    parser.add_argument("--student_steps", type=int, default=5)
+    parser.add_argument("--width", type=int, default=32)
+    parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--frames", type=int, default=8, help="pixel frames per segment")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # one table, not Trainer chatter
+    warnings.filterwarnings("ignore")
+
+    modes = ("teacher", "direct", "student")
+    data = videos(args.videos + args.warmup, args.segments, args.frames, args.size)
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    ratios: dict[str, list[float]] = {m: [] for m in modes}
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "stage1.ckpt"
+        torch.save({"state_dict": VideoModule(**parts(args)).state_dict()}, ckpt)
+        for mode in modes:  # untimed warm-up: allocator, kernels and imports, per mode
+            time_mode(mode, ckpt, data[: args.warmup + 1], args)
+        for _ in range(args.rounds):
+            rnd = {mode: statistics.median(time_mode(mode, ckpt, data, args)) for mode in modes}
+            for mode in modes:
+                times[mode].append(rnd[mode])
+                ratios[mode].append(rnd[mode] / rnd["teacher"])
+    med = {m: statistics.median(t) for m, t in times.items()}
+    ratio = {m: statistics.median(r) for m, r in ratios.items()}
+    result = {
+        "teacher_s": med["teacher"],
+        "direct_s": med["direct"],
+        "student_s": med["student"],
+        "direct_over_teacher": ratio["direct"],
+        "student_over_teacher": ratio["student"],
+        "segments": args.segments,
+        "student_steps": args.student_steps,
+        "rounds": args.rounds,
+    }
+    print(f"{'mode':<18}{'median s/video step':>22}{'vs teacher':>12}")
+    for mode in modes:
+        name = f"student(k={args.student_steps})" if mode == "student" else mode
+        print(f"{name:<18}{med[mode]:>22.4f}{ratio[mode]:>12.3f}")
+    print(f"({args.rounds} rounds x {args.videos} videos per mode, {args.segments} segments each)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()
