@@ -12,6 +12,9 @@ SemanticPack's recurrence). One example is one whole video in chronological orde
 accumulate over its segments and the optimizer steps once per video ("Optimization Strategy").
 Only the output head trains, starting from a stage-1 checkpoint (Sec. 4.1, A.2).
 
+Gradients never cross segments: the stored history and SemanticPack's memory are computed without
+gradients (the paper detaches x~; the memory is frozen with the backbone).
+
 Loss normalisation: each segment's loss (mean over the batch's videos) is divided by the number
 of segments in its accumulation window, so the accumulated gradient is that of the mean segment
 loss and the step size does not grow with video length.
@@ -202,7 +205,8 @@ class DirectForcingModule(VideoModule):
         text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
         b, _, c, h, w = latents.shape
         history = latents.new_zeros(b, self.dit.history_frames, c, h, w)  # zeros = no past yet
-        psi = self.init_memory(text, image)
+        with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
+            psi = self.init_memory(text, image)
         longest = int(num.max())
         window = self.hparams.segments_per_step or longest
         losses = []
@@ -219,12 +223,7 @@ class DirectForcingModule(VideoModule):
             last = i == start + in_window - 1
             with self._sync_gradients(last):
                 self.manual_backward(loss / in_window)
-            if last:
-                if self.hparams.gradient_clip_val is not None:
-                    self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                sched.step()
+            # The history comes from the weights that produced this loss, before any step.
             with torch.no_grad():  # history and memory never carry gradients across segments
                 vel = self.velocity_fn(seg, history[rows], image[rows], sub_text, None, sub_psi)
                 new = self.history_segment(x, x_t, t, v, vel)
@@ -234,6 +233,12 @@ class DirectForcingModule(VideoModule):
                     psi = psi.clone()
                     psi[rows] = self.update_memory(sub_psi, new)
             self.store_history(i, new)
+            if last:
+                if self.hparams.gradient_clip_val is not None:
+                    self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
             losses.append(loss.detach())
             self.log(f"train/loss_seg_{i}", loss.detach(), batch_size=x.shape[0])
         mean = torch.stack(losses).mean()
