@@ -4,7 +4,8 @@ The paper claims Direct Forcing "incurs no additional overhead" over teacher for
 estimate reuses the loss's forward pass. Student forcing runs the sampler (k extra forwards per
 segment). This trains each mode on the same videos (same segment count, tiny model, CPU) and
 prints the median wall time per video step. Modes are interleaved in short rounds and the ratios
-are medians of per-round ratios, so bursts of load on a shared machine hit the modes alike.
+are medians of per-round ratios (the order rotates each round), so bursts of load on a shared
+machine hit the modes alike.
 
     python benchmarks/forcing_overhead.py [--segments 4] [--rounds 5] [--json out.json]
 """
@@ -99,11 +100,16 @@ def main() -> dict[str, float]:
     ratios: dict[str, list[float]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "stage1.ckpt"
-        torch.save({"state_dict": VideoModule(**parts(args)).state_dict()}, ckpt)
+        stage1 = VideoModule(**parts(args))
+        with torch.no_grad():  # off the adaLN-zero init, as a trained stage-1 network would be
+            for p in stage1.parameters():
+                p.add_(0.02 * torch.randn_like(p))
+        torch.save({"state_dict": stage1.state_dict()}, ckpt)
         for mode in modes:  # untimed warm-up: allocator, kernels and imports, per mode
             time_mode(mode, ckpt, data[: args.warmup + 1], args)
-        for _ in range(args.rounds):
-            rnd = {mode: statistics.median(time_mode(mode, ckpt, data, args)) for mode in modes}
+        for r in range(args.rounds):
+            order = modes[r % 3 :] + modes[: r % 3]  # rotate, so no mode always runs first
+            rnd = {mode: statistics.median(time_mode(mode, ckpt, data, args)) for mode in order}
             for mode in modes:
                 times[mode].append(rnd[mode])
                 ratios[mode].append(rnd[mode] / rnd["teacher"])

@@ -71,17 +71,32 @@ class LengthCurriculum:
 class CurriculumBatchSampler(Sampler[list[int]]):
     """Batches of equal-length videos, lengths admitted by a `LengthCurriculum`.
 
-    An epoch is `ceil(len(lengths) / batch_size)` batches, like a plain loader, so epoch-based
-    Trainer settings keep their meaning; the curriculum's state lives across epochs.
+    An epoch is `ceil(len(lengths) / (batch_size * num_replicas))` steps, like a plain loader, so
+    epoch-based Trainer settings keep their meaning; the curriculum's state lives across epochs.
+
+    Under DDP every rank walks the same pass (same seed) and takes its share of one global batch
+    of `batch_size * num_replicas` equal-length videos, repeating videos when a length has too
+    few, so all ranks run the same number of segments and steps (no collective can hang). The
+    Trainer must then leave the sampler alone: `use_distributed_sampler: false`.
     """
 
     def __init__(
-        self, lengths: Sequence[int], batch_size: int, curriculum: LengthCurriculum
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        curriculum: LengthCurriculum,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
         if not lengths or min(lengths) < 1:
             raise ValueError(f"curriculum needs videos of >= 1 segment, got lengths {lengths!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist else 1)
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, num_replicas={self.num_replicas})")
         self.lengths = [int(n) for n in lengths]
         self.batch_size = batch_size
         self.curriculum = curriculum
@@ -89,7 +104,7 @@ class CurriculumBatchSampler(Sampler[list[int]]):
         self.shortest = min(self.lengths)
 
     def __len__(self) -> int:
-        return -(-len(self.lengths) // self.batch_size)
+        return -(-len(self.lengths) // (self.batch_size * self.num_replicas))
 
     def _admitted(self, low: int, high: int) -> list[int]:
         """Indices of videos with low < length <= high, by length, ties shuffled for this pass."""
@@ -98,21 +113,27 @@ class CurriculumBatchSampler(Sampler[list[int]]):
         picked = [i for i in order if low < self.lengths[i] <= high]
         return sorted(picked, key=lambda i: self.lengths[i])  # stable: keeps the shuffled ties
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def _global_batch(self) -> list[int]:
+        """The next equal-length videos of the pass for all ranks together."""
         cur = self.curriculum  # the pass lives in the curriculum: it spans epochs and resumes
+        cap = cur.max_segments(self.longest, self.shortest)
+        if cap > cur.admitted and cur.queue:  # newly admitted lengths join the pass's end
+            cur.queue += self._admitted(cur.admitted, cap)
+        if not cur.queue:  # a new pass over everything admitted so far
+            cur.passes += 1
+            cur.queue = self._admitted(0, cap)
+        cur.admitted = cap
+        length = self.lengths[cur.queue[0]]
+        size = self.batch_size * self.num_replicas
+        batch = []
+        while cur.queue and len(batch) < size and self.lengths[cur.queue[0]] == length:
+            batch.append(cur.queue.pop(0))
+        cur.batches_seen += 1
+        return batch
+
+    def __iter__(self) -> Iterator[list[int]]:
         for _ in range(len(self)):
-            cap = cur.max_segments(self.longest, self.shortest)
-            if cap > cur.admitted and cur.queue:  # newly admitted lengths join the pass's end
-                cur.queue += self._admitted(cur.admitted, cap)
-            if not cur.queue:  # a new pass over everything admitted so far
-                cur.passes += 1
-                cur.queue = self._admitted(0, cap)
-            cur.admitted = cap
-            length = self.lengths[cur.queue[0]]
-            batch = []
-            while (
-                cur.queue and len(batch) < self.batch_size and self.lengths[cur.queue[0]] == length
-            ):
-                batch.append(cur.queue.pop(0))
-            cur.batches_seen += 1
-            yield batch
+            batch = self._global_batch()
+            if len(batch) < self.num_replicas:  # every rank needs a video of this length
+                batch = (batch * self.num_replicas)[: self.num_replicas]
+            yield batch[self.rank :: self.num_replicas]

@@ -218,6 +218,19 @@ def test_curriculum_admits_longer_videos_in_sorted_order() -> None:
     assert [b for b in short_free] == [[1], [1], [1]]  # no 1-segment video: start at the shortest
 
 
+def test_curriculum_shards_equal_length_batches_across_ranks() -> None:
+    lengths = [1, 1, 1, 2, 2, 2, 2, 3]
+    ranks = [
+        list(CurriculumBatchSampler(lengths, 1, LengthCurriculum(4), num_replicas=2, rank=r))
+        for r in range(2)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    for b0, b1 in zip(*ranks, strict=True):
+        assert lengths[b0[0]] == lengths[b1[0]]  # same segment count on every rank
+    assert [lengths[b[0]] for b in ranks[0]] == [1, 1, 2, 2]
+    assert ranks[0][:2] != ranks[1][:2]  # different videos where there are enough
+
+
 def test_missing_or_mismatched_stage1_checkpoint_fails_clearly(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist: stage 2 starts from stage-1"):
         stage2(tmp_path / "nope.ckpt")
