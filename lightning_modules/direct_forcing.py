@@ -97,7 +97,7 @@ class DirectForcingModule(VideoModule):
         init_checkpoint: str,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
-        trainable: list[str] | None = None,
+        trainable: tuple[str, ...] = ("dit.head.*",),
         history: HistoryMode = "direct",
         student_steps: int = 5,
         segments_per_step: int | None = None,
@@ -111,7 +111,9 @@ class DirectForcingModule(VideoModule):
             raise ValueError(f"student_steps must be >= 1, got {student_steps}")
         if segments_per_step is not None and segments_per_step < 1:
             raise ValueError(f"segments_per_step must be >= 1 or None, got {segments_per_step}")
-        self.trainable_patterns = list(trainable) if trainable is not None else ["dit.head.*"]
+        if not trainable:
+            raise ValueError("trainable must name at least one parameter pattern, got none")
+        self.trainable_patterns = list(trainable)
         # Weights load here, at construction: a run resumed with --ckpt_path restores its own
         # weights afterwards, so the stage-1 file must exist but its values are then replaced.
         load_stage1_weights(self, init_checkpoint)
