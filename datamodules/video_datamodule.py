@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from datamodules.curriculum import CurriculumBatchSampler, LengthCurriculum
 from datamodules.synthetic import generate_dataset
 from datamodules.video_dataset import VideoFolderDataset, collate_videos
 
@@ -21,6 +22,8 @@ class VideoDataModule(L.LightningDataModule):
     `source="synthetic"` renders the procedural dataset into `data_dir` on first use and then reads
     the mp4 files back like any real folder; `source="folder"` expects `data_dir/metadata.jsonl`.
     Batches are dicts from `collate_videos`, or None when every video in a batch failed to decode.
+    With a `curriculum` (stage 2, A.2) training batches hold equal-length videos admitted by
+    length; its state is saved in checkpoints so a resumed run continues at the same length.
     """
 
     def __init__(
@@ -38,6 +41,7 @@ class VideoDataModule(L.LightningDataModule):
         max_segments: int = 6,
         seed: int = 0,
         num_predict_videos: int = 2,
+        curriculum: LengthCurriculum | None = None,
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "folder"):
@@ -75,6 +79,7 @@ class VideoDataModule(L.LightningDataModule):
         self.max_segments = max_segments
         self.seed = seed
         self.num_predict_videos = num_predict_videos
+        self.curriculum = curriculum
         self.train_set: VideoFolderDataset | None = None
         self.val_set: VideoFolderDataset | None = None
 
@@ -139,10 +144,36 @@ class VideoDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        dataset = self._require(self.train_set, "train_set")
+        if self.curriculum is not None:
+            sampler = CurriculumBatchSampler(dataset.lengths, self.batch_size, self.curriculum)
+            return DataLoader(
+                dataset,
+                batch_sampler=sampler,
+                num_workers=self.num_workers,
+                collate_fn=collate_videos,
+                persistent_workers=self.num_workers > 0,
+            )
         # A dedicated seeded generator makes the shuffle order reproducible run to run.
         generator = torch.Generator().manual_seed(self.seed)
-        dataset = self._require(self.train_set, "train_set")
         return self._loader(dataset, self.batch_size, shuffle=True, generator=generator)
+
+    @property
+    def curriculum_max_segments(self) -> int | None:
+        """Longest video the curriculum admits now (None without a curriculum)."""
+        if self.curriculum is None:
+            return None
+        if self.train_set is None:
+            return self.curriculum.max_segments()
+        lengths = self.train_set.lengths
+        return self.curriculum.max_segments(max(lengths), min(lengths))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.curriculum is None else {"curriculum": self.curriculum.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.curriculum is not None and "curriculum" in state_dict:
+            self.curriculum.load_state_dict(state_dict["curriculum"])
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_set, "val_set"), self.batch_size, shuffle=False)

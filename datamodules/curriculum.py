@@ -1,0 +1,139 @@
+"""Length-sorted curriculum for Direct Forcing (Appendix A.2).
+
+Stage 2 accumulates gradients over every segment of a video, so a long video is one optimizer
+step and the number of steps is small. A.2 therefore sorts videos by length and starts on
+single-segment videos (plain image-to-video), then admits longer videos step by step.
+
+Schedule: after `batches_seen` training batches the longest admitted video has
+
+    max_segments = start_segments + batches_seen // grow_every      (capped at the longest video)
+
+segments. With one optimizer step per video batch (the default), a batch is an optimizer step.
+A pass walks the admitted videos in ascending length (ties shuffled per pass); videos admitted
+mid-pass are longer than every admitted one, so they join at the end and the pass stays sorted.
+A batch never mixes lengths, so no segment of a batch is padding. The pass spans epochs and is
+saved with the schedule, so a resumed run continues at the same length and position (less the
+one or two batches the loader had prefetched when the checkpoint was written).
+"""
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+
+class LengthCurriculum:
+    """The schedule and its state (how far training has got), saved in checkpoints.
+
+    Args:
+        start_segments: longest admitted video at the start (1 = image-to-video, A.2).
+        grow_every: training batches between admitting the next length (> 0).
+        seed: shuffles videos of equal length, per pass.
+    """
+
+    def __init__(self, start_segments: int = 1, grow_every: int = 50, seed: int = 0) -> None:
+        if start_segments < 1:
+            raise ValueError(f"curriculum start_segments must be >= 1, got {start_segments}")
+        if grow_every < 1:
+            raise ValueError(f"curriculum grow_every must be >= 1, got {grow_every}")
+        self.start_segments = start_segments
+        self.grow_every = grow_every
+        self.seed = seed
+        self.batches_seen = 0
+        self.passes = 0
+        self.admitted = 0  # longest length already in the current pass
+        self.queue: list[int] = []  # rest of the current pass (dataset indices)
+
+    def max_segments(self, longest: int | None = None, shortest: int = 1) -> int:
+        """The longest admitted video now, within the dataset's [shortest, longest] lengths.
+
+        A dataset without videos as short as `start_segments` starts at its shortest length.
+        """
+        cap = max(self.start_segments + self.batches_seen // self.grow_every, shortest)
+        return cap if longest is None else min(cap, longest)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "batches_seen": self.batches_seen,
+            "passes": self.passes,
+            "admitted": self.admitted,
+            "queue": list(self.queue),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.batches_seen = int(state["batches_seen"])
+        self.passes = int(state.get("passes", 0))
+        self.admitted = int(state.get("admitted", 0))
+        self.queue = [int(i) for i in state.get("queue", [])]
+
+
+class CurriculumBatchSampler(Sampler[list[int]]):
+    """Batches of equal-length videos, lengths admitted by a `LengthCurriculum`.
+
+    An epoch is `ceil(len(lengths) / (batch_size * num_replicas))` steps, like a plain loader, so
+    epoch-based Trainer settings keep their meaning; the curriculum's state lives across epochs.
+
+    Under DDP every rank walks the same pass (same seed) and takes its share of one global batch
+    of `batch_size * num_replicas` equal-length videos, repeating videos when a length has too
+    few, so all ranks run the same number of segments and steps (no collective can hang). The
+    Trainer must then leave the sampler alone: `use_distributed_sampler: false`.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        curriculum: LengthCurriculum,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if not lengths or min(lengths) < 1:
+            raise ValueError(f"curriculum needs videos of >= 1 segment, got lengths {lengths!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.num_replicas = num_replicas or (torch.distributed.get_world_size() if dist else 1)
+        self.rank = rank if rank is not None else (torch.distributed.get_rank() if dist else 0)
+        if not 0 <= self.rank < self.num_replicas:
+            raise ValueError(f"rank {self.rank} is not in [0, num_replicas={self.num_replicas})")
+        self.lengths = [int(n) for n in lengths]
+        self.batch_size = batch_size
+        self.curriculum = curriculum
+        self.longest = max(self.lengths)
+        self.shortest = min(self.lengths)
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // (self.batch_size * self.num_replicas))
+
+    def _admitted(self, low: int, high: int) -> list[int]:
+        """Indices of videos with low < length <= high, by length, ties shuffled for this pass."""
+        gen = torch.Generator().manual_seed(self.curriculum.seed + self.curriculum.passes)
+        order = torch.randperm(len(self.lengths), generator=gen).tolist()
+        picked = [i for i in order if low < self.lengths[i] <= high]
+        return sorted(picked, key=lambda i: self.lengths[i])  # stable: keeps the shuffled ties
+
+    def _global_batch(self) -> list[int]:
+        """The next equal-length videos of the pass for all ranks together."""
+        cur = self.curriculum  # the pass lives in the curriculum: it spans epochs and resumes
+        cap = cur.max_segments(self.longest, self.shortest)
+        if cap > cur.admitted and cur.queue:  # newly admitted lengths join the pass's end
+            cur.queue += self._admitted(cur.admitted, cap)
+        if not cur.queue:  # a new pass over everything admitted so far
+            cur.passes += 1
+            cur.queue = self._admitted(0, cap)
+        cur.admitted = cap
+        length = self.lengths[cur.queue[0]]
+        size = self.batch_size * self.num_replicas
+        batch = []
+        while cur.queue and len(batch) < size and self.lengths[cur.queue[0]] == length:
+            batch.append(cur.queue.pop(0))
+        cur.batches_seen += 1
+        return batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for _ in range(len(self)):
+            batch = self._global_batch()
+            if len(batch) < self.num_replicas:  # every rank needs a video of this length
+                batch = (batch * self.num_replicas)[: self.num_replicas]
+            yield batch[self.rank :: self.num_replicas]

@@ -1,0 +1,262 @@
+"""Stage 2: Direct Forcing (Sec. 3.2 Eq. 6-7, "Optimization Strategy"; Sec. 4.1; Appendix A.2).
+
+Stage 1 conditions every segment on ground-truth history; at inference the model conditions on
+its own samples, and the mismatch accumulates as drift. Direct Forcing trains on inference-like
+history at no extra cost: the forward pass that gives the flow-matching loss of segment i also
+gives the one-step estimate (Eq. 7)
+
+    x~^i = x_t + (1 - t) v_theta(x_t, t),
+
+which becomes the history of segments i+1, ... of the same video (FramePack context and
+SemanticPack's recurrence). One example is one whole video in chronological order; gradients
+accumulate over its segments and the optimizer steps once per video ("Optimization Strategy").
+Only the output head trains, starting from a stage-1 checkpoint (Sec. 4.1, A.2).
+
+Gradients never cross segments: the stored history and SemanticPack's memory are computed without
+gradients (the paper detaches x~; the memory is frozen with the backbone).
+
+Loss normalisation: each segment's loss (mean over the batch's videos) is divided by the number
+of segments in its accumulation window, so the accumulated gradient is that of the mean segment
+loss and the step size does not grow with video length.
+"""
+
+import contextlib
+import fnmatch
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.strategies import ParallelStrategy
+from lightning.pytorch.utilities import rank_zero_info
+from torch import Tensor
+
+from lightning_modules import rectified_flow as rf
+from lightning_modules.codec import LatentCodec
+from lightning_modules.dit import VideoDiT
+from lightning_modules.text_encoder import TextEncoder
+from lightning_modules.video_module import VideoModule
+
+HistoryMode = Literal["teacher", "direct", "student"]
+
+
+# ----------------------------------------------------------------- stage-1 weights (Sec. 4.1)
+def load_stage1_weights(module: torch.nn.Module, path: str) -> None:
+    """Copy a stage-1 checkpoint into `module`; one error lists everything that does not match."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"init_checkpoint {str(file)!r} does not exist: stage 2 starts from stage-1 weights; "
+            "train stage 1 first (python train.py fit --config configs/stage1.yaml) and point "
+            "model.init_args.init_checkpoint at its last.ckpt"
+        )
+    # A full unpickle, as Lightning's own `--ckpt_path` does: a stage-1 run outside the CLI stores
+    # its networks in the hyperparameters. Only load checkpoints you trust.
+    ckpt = torch.load(file, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"init_checkpoint {path!r} holds no state_dict of tensors")
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = [f"{name} ({len(items)}): {', '.join(items)}"
+                 for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                                     ("shape mismatches", shapes)) if items]  # fmt: skip
+        raise ValueError(
+            f"init_checkpoint {path!r} does not match this model's architecture (the dit/"
+            "codec/text_encoder config must equal stage 1's): " + "; ".join(parts)
+        )
+    module.load_state_dict(state, strict=True)
+
+
+class DirectForcingModule(VideoModule):
+    """Stage 2: Direct Forcing on a frozen stage-1 backbone.
+
+    Args:
+        dit, codec, text_encoder: the stage-1 architecture (must match `init_checkpoint`).
+        init_checkpoint: stage-1 checkpoint whose weights are loaded at construction. Not
+            `--ckpt_path`, which resumes a run (and then replaces these weights afterwards).
+        trainable: fnmatch patterns of parameter names that train; the rest is frozen and kept
+            in eval mode. Default: the final (adaLN) norm + output linear, `dit.head.*` (A.2).
+        history: what later segments condition on: `teacher` (ground truth, stage-1 style),
+            `direct` (one-step estimate, Eq. 7), `student` (`student_steps` Euler steps, Eq. 6).
+        segments_per_step: segments per optimizer step; None = one step per video.
+        gradient_clip_val: clip the accumulated gradient norm before each step (None = off).
+        **kwargs: the remaining `VideoModule` arguments (lr, timestep sampling, sampler...).
+    """
+
+    def __init__(
+        self,
+        dit: VideoDiT,
+        init_checkpoint: str,
+        codec: LatentCodec | None = None,
+        text_encoder: TextEncoder | None = None,
+        trainable: tuple[str, ...] = ("dit.head.*",),
+        history: HistoryMode = "direct",
+        student_steps: int = 5,
+        segments_per_step: int | None = None,
+        gradient_clip_val: float | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(dit, codec, text_encoder, **kwargs)
+        if history not in ("teacher", "direct", "student"):
+            raise ValueError(f"history must be teacher, direct or student, got {history!r}")
+        if student_steps < 1:
+            raise ValueError(f"student_steps must be >= 1, got {student_steps}")
+        if segments_per_step is not None and segments_per_step < 1:
+            raise ValueError(f"segments_per_step must be >= 1 or None, got {segments_per_step}")
+        if not trainable:
+            raise ValueError("trainable must name at least one parameter pattern, got none")
+        self.trainable_patterns = list(trainable)
+        # Weights load here, at construction: a run resumed with --ckpt_path restores its own
+        # weights afterwards, so the stage-1 file must exist but its values are then replaced.
+        load_stage1_weights(self, init_checkpoint)
+        self._freeze()
+        self.train(self.training)  # frozen parts start in eval; every later train() keeps them so
+        self.automatic_optimization = False  # segments accumulate; we decide when to step
+
+    # ----------------------------------------------------------------- trainable set (A.2)
+    def _freeze(self) -> None:
+        names = [n for n, _ in self.named_parameters()]
+        for pattern in self.trainable_patterns:
+            if not fnmatch.filter(names, pattern):
+                raise ValueError(
+                    f"trainable pattern {pattern!r} matches no parameter; names look like "
+                    f"{names[:3]} ... {names[-3:]}"
+                )
+        for name, p in self.named_parameters():
+            p.requires_grad_(any(fnmatch.fnmatch(name, pat) for pat in self.trainable_patterns))
+
+    @staticmethod
+    def frozen_modules(parent: torch.nn.Module) -> Iterator[torch.nn.Module]:
+        """Top-most submodules whose parameters are all frozen (parameter-free ones follow)."""
+        for module in parent.children():
+            params = list(module.parameters())
+            if params and not any(p.requires_grad for p in params):
+                yield module
+            elif params:
+                yield from DirectForcingModule.frozen_modules(module)
+
+    def train(self, mode: bool = True) -> "DirectForcingModule":
+        """Lightning calls `train()` at every epoch start; frozen parts must stay in eval."""
+        super().train(mode)
+        for module in self.frozen_modules(self):
+            module.eval()
+        return self
+
+    def parameter_groups(self) -> dict[str, tuple[int, int]]:
+        """{group: (trainable, frozen)} parameter counts, grouped by the first two name parts."""
+        groups: dict[str, tuple[int, int]] = {}
+        for name, p in self.named_parameters():
+            key = ".".join(name.split(".")[:2])
+            on, off = groups.get(key, (0, 0))
+            groups[key] = (on + p.numel(), off) if p.requires_grad else (on, off + p.numel())
+        return groups
+
+    def on_fit_start(self) -> None:
+        groups = self.parameter_groups()
+        lines = [
+            f"  {k:<24} trainable {on:>10,}  frozen {off:>10,}" for k, (on, off) in groups.items()
+        ]
+        on = sum(v[0] for v in groups.values())
+        total = on + sum(v[1] for v in groups.values())
+        rank_zero_info(
+            f"Direct Forcing trainable set {self.trainable_patterns}: {on:,} of {total:,} "
+            "parameters\n" + "\n".join(lines)
+        )
+        if self.logger is not None:
+            self.logger.log_metrics({"params/trainable": on, "params/total": total}, step=0)
+
+    # ----------------------------------------------------------------- one video (Sec. 3.2)
+    def _sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager:
+        """Under DDP, skip the gradient all-reduce on every backward but a step's last one."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if not sync and isinstance(strategy, ParallelStrategy):
+            return strategy.block_backward_sync()  # DDP's no_sync(): grads add up locally
+        return contextlib.nullcontext()
+
+    def history_segment(
+        self, x: Tensor, x_t: Tensor, t: Tensor, v: Tensor, velocity: rf.VelocityFn
+    ) -> Tensor:
+        """The segment later segments condition on, by `history` mode (always detached)."""
+        mode = self.hparams.history
+        if mode == "teacher":
+            return x
+        if mode == "direct":  # Eq. 7: reuses the loss's forward, no extra model call
+            return rf.one_step_estimate(x_t, v.detach(), t)
+        noise = torch.randn_like(x)  # student: the sampler itself (Eq. 6), k extra calls
+        return rf.euler_sample(
+            velocity, noise, self.hparams.student_steps, shift=self.hparams.sample_shift
+        )
+
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
+        """All segments of the batch's videos, oldest first; steps every accumulation window."""
+        if batch is None:
+            return None
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        latents, frames = self.encode_video(batch["video"])
+        num = batch["num_segments"].to(latents.device)
+        image = self.encode_image(batch["image"])
+        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
+        b, _, c, h, w = latents.shape
+        history = latents.new_zeros(b, self.dit.history_frames, c, h, w)  # zeros = no past yet
+        with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
+            psi = self.init_memory(text, image)
+        longest = int(num.max())
+        window = self.hparams.segments_per_step or longest
+        losses = []
+        for i in range(longest):
+            active = num > i  # shorter videos of a ragged batch are done (their tail is padding)
+            rows = slice(None) if bool(active.all()) else active
+            x = latents[rows, i * frames : (i + 1) * frames]
+            seg = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
+            sub_text = (text[0][rows], text[1][rows])
+            sub_psi = None if psi is None else psi[rows]
+            loss, x_t, t, v = self.flow_loss(x, seg, history[rows], image[rows], sub_text, sub_psi)
+            start = i - i % window
+            in_window = min(window, longest - start)
+            last = i == start + in_window - 1
+            with self._sync_gradients(last):
+                self.manual_backward(loss / in_window)
+            # The history comes from the weights that produced this loss, before any step.
+            with torch.no_grad():  # history and memory never carry gradients across segments
+                vel = self.velocity_fn(seg, history[rows], image[rows], sub_text, None, sub_psi)
+                new = self.history_segment(x, x_t, t, v, vel)
+                history = history.clone()
+                history[rows] = torch.cat((history[rows], new), dim=1)[:, -history.shape[1] :]
+                if psi is not None:
+                    psi = psi.clone()
+                    psi[rows] = self.update_memory(sub_psi, new)
+            self.store_history(i, new)
+            if last:
+                if self.hparams.gradient_clip_val is not None:
+                    self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+            losses.append(loss.detach())
+            self.log(f"train/loss_seg_{i}", loss.detach(), batch_size=x.shape[0])
+        mean = torch.stack(losses).mean()
+        self.log("train/loss", mean, prog_bar=True, batch_size=b)
+        self.log("train/segments", float(longest), batch_size=b)
+        self.log("train/trainable_param_norm", self.trainable_norm(), batch_size=b)
+        dm = getattr(self.trainer, "datamodule", None)
+        cap = getattr(dm, "curriculum_max_segments", None)
+        if cap is not None:
+            self.log("train/curriculum_max_segments", float(cap), batch_size=b)
+        self._log_skipped()
+        return mean
+
+    def store_history(self, segment: int, history: Tensor) -> None:
+        """Hook called with each stored history segment (tests and probes override it)."""
+
+    def trainable_norm(self) -> Tensor:
+        norms = [p.detach().norm() for p in self.parameters() if p.requires_grad]
+        return torch.linalg.vector_norm(torch.stack(norms))

@@ -1,0 +1,312 @@
+"""Stage 2 (Direct Forcing): trainable set, history modes, accumulation, curriculum, resume, CLI."""
+
+import fnmatch
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader
+
+from datamodules.curriculum import CurriculumBatchSampler, LengthCurriculum
+from datamodules.video_datamodule import VideoDataModule
+from datamodules.video_dataset import collate_videos
+from lightning_modules import rectified_flow as rf
+from lightning_modules.codec import SpaceToDepthCodec
+from lightning_modules.direct_forcing import DirectForcingModule
+from lightning_modules.dit import VideoDiT
+from lightning_modules.frame_pack import gather_history
+from lightning_modules.text_encoder import HashTextEncoder
+from lightning_modules.video_module import VideoModule
+from train import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parts(width: int = 32, patch: int = 2, channels: int = 12, text_dim: int = 16) -> dict:
+    dit = VideoDiT(
+        latent_channels=channels, text_dim=text_dim, width=width, depth=1, heads=2,
+        frame_pack=(1, 2, 4),
+    )  # fmt: skip
+    return {
+        "dit": dit,
+        "codec": SpaceToDepthCodec(patch),
+        "text_encoder": HashTextEncoder(text_dim),
+    }
+
+
+def stage1_checkpoint(path: Path, **kwargs: Any) -> Path:
+    """A 'trained' stage-1 checkpoint in Lightning's format (weights perturbed off their init)."""
+    module = VideoModule(**parts(**kwargs))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return stage1_checkpoint(tmp_path_factory.mktemp("stage1") / "stage1.ckpt")
+
+
+def stage2(ckpt: Path, **kwargs: Any) -> DirectForcingModule:
+    return DirectForcingModule(
+        init_checkpoint=str(ckpt), warmup_steps=1, lr=1e-2, **parts(), **kwargs
+    )
+
+
+def videos(lengths: list[int], t: int = 2, size: int = 8) -> list[dict]:
+    gen = torch.Generator().manual_seed(0)
+    items = []
+    for i, n in enumerate(lengths):
+        video = torch.rand(n, t, 3, size, size, generator=gen) * 2 - 1
+        items.append({"video": video, "image": video[0, 0].clone(), "caption": f"clip {i}",
+                      "num_segments": n, "name": f"v{i}"})  # fmt: skip
+    return items
+
+
+def fit(
+    module: L.LightningModule, lengths: list[int], batch_size: int = 1, **kwargs: Any
+) -> L.Trainer:
+    loader = DataLoader(videos(lengths), batch_size=batch_size, collate_fn=collate_videos)
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_epochs=1, **kwargs,
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    return trainer
+
+
+class Recorder(L.Callback):
+    def __init__(self) -> None:
+        self.modes: list[tuple[bool, bool, int]] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        frozen = list(module.frozen_modules(module))
+        self.modes.append((any(m.training for m in frozen), module.dit.head.training, len(frozen)))
+
+
+def record_segments(module: DirectForcingModule) -> list[dict[str, torch.Tensor]]:
+    """Wrap flow_loss and store_history so a test sees what the loss used and what was stored."""
+    calls: list[dict[str, torch.Tensor]] = []
+    flow_loss = module.flow_loss
+
+    def wrapped(x: torch.Tensor, seg: torch.Tensor, history: torch.Tensor, *a: Any) -> tuple:
+        out = flow_loss(x, seg, history, *a)
+        calls.append({"x": x, "history": history.clone(), "x_t": out[1], "t": out[2], "v": out[3]})
+        return out
+
+    module.flow_loss = wrapped  # type: ignore[method-assign]
+    module.store_history = lambda i, h: calls[-1].__setitem__("stored", h.clone())  # type: ignore[method-assign]
+    return calls
+
+
+def test_one_step_changes_only_the_trainable_parameters(ckpt: Path) -> None:
+    module = stage2(ckpt)
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    trainer = fit(module, [3], max_steps=1)
+    assert trainer.global_step == 1
+    after = module.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    trainable = {k for k, _ in module.named_parameters() if fnmatch.fnmatch(k, "dit.head.*")}
+    assert trainable == {n for n, p in module.named_parameters() if p.requires_grad}
+    assert changed == trainable, changed ^ trainable
+    assert len(before) == len(after) and len(trainable) == 4  # modulation + linear, w and b
+
+
+def test_frozen_modules_stay_in_eval_mode_during_training(ckpt: Path) -> None:
+    rec = Recorder()
+    fit(stage2(ckpt), [2, 2], callbacks=[rec])
+    assert rec.modes, "no batch recorded"
+    for any_frozen_training, head_training, n_frozen in rec.modes:
+        assert n_frozen >= 5 and not any_frozen_training and head_training
+
+
+@pytest.mark.parametrize("mode", ["direct", "teacher"])
+def test_stored_history_is_the_one_step_estimate_or_the_truth(ckpt: Path, mode: str) -> None:
+    module = stage2(ckpt, history=mode)
+    calls = record_segments(module)
+    fit(module, [3], max_steps=1)
+    assert len(calls) == 3
+    frames = calls[0]["x"].shape[1]
+    for i, call in enumerate(calls):
+        estimate = rf.one_step_estimate(call["x_t"], call["v"].detach(), call["t"])
+        expected = estimate if mode == "direct" else call["x"]
+        torch.testing.assert_close(call["stored"], expected)
+        if mode == "direct":  # the estimate really is not the data the loss was fitted to
+            assert not torch.allclose(call["stored"], call["x"], atol=1e-3)
+        if i + 1 < len(calls):  # and it is what the next segment conditions on
+            torch.testing.assert_close(calls[i + 1]["history"][:, -frames:], call["stored"])
+    if mode == "teacher":  # the running buffer is exactly stage 1's ground-truth history
+        truth = torch.cat([c["x"] for c in calls], dim=1)
+        start = torch.tensor([2 * frames])
+        torch.testing.assert_close(calls[2]["history"], gather_history(truth, start, 7))
+
+
+def test_student_history_runs_the_sampler(ckpt: Path) -> None:
+    module = stage2(ckpt, history="student", student_steps=2)
+    calls = record_segments(module)
+    fit(module, [2], max_steps=1)
+    estimate = rf.one_step_estimate(calls[0]["x_t"], calls[0]["v"], calls[0]["t"])
+    assert not torch.allclose(calls[0]["stored"], estimate, atol=1e-4)
+    assert not torch.allclose(calls[0]["stored"], calls[0]["x"], atol=1e-4)
+
+
+@pytest.mark.parametrize(("per_step", "steps"), [(None, 2), (2, 4), (1, 6)])
+def test_one_optimizer_step_per_video_or_window(
+    ckpt: Path, per_step: int | None, steps: int
+) -> None:
+    trainer = fit(stage2(ckpt, segments_per_step=per_step), [3, 3])
+    assert trainer.global_step == steps
+
+
+def test_ddp_all_reduces_once_per_optimizer_step(ckpt: Path) -> None:
+    """A real (1-process, gloo) DDP run: count the gradient all-reduces with a comm hook."""
+    reduces: list[int] = []
+
+    def count(
+        state: object, bucket: torch.distributed.GradBucket
+    ) -> torch.futures.Future[torch.Tensor]:
+        reduces.append(bucket.buffer().numel())
+        fut: torch.futures.Future = torch.futures.Future()
+        fut.set_result(bucket.buffer())
+        return fut
+
+    class Hook(L.Callback):
+        def on_train_start(self, trainer: L.Trainer, module: Any) -> None:
+            assert isinstance(trainer.model, torch.nn.parallel.DistributedDataParallel)
+            trainer.model.register_comm_hook(None, count)
+
+    try:
+        strategy = DDPStrategy(process_group_backend="gloo")
+        trainer = fit(stage2(ckpt), [3, 2], strategy=strategy, devices=1, callbacks=[Hook()])
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    assert trainer.global_step == 2
+    assert len(reduces) == 2  # 5 backward passes, 2 steps: no all-reduce inside a video
+
+
+def test_ragged_batch_skips_padding_segments(ckpt: Path) -> None:
+    module = stage2(ckpt)
+    calls = record_segments(module)
+    fit(module, [1, 3], batch_size=2)
+    assert [c["x"].shape[0] for c in calls] == [2, 1, 1]
+
+
+def test_curriculum_admits_longer_videos_in_sorted_order() -> None:
+    lengths = [3, 1, 2, 1, 4, 2, 1, 3]
+    cur = LengthCurriculum(start_segments=1, grow_every=2, seed=0)
+    sampler = CurriculumBatchSampler(lengths, batch_size=2, curriculum=cur)
+    seen = [[lengths[i] for i in batch] for epoch in range(3) for batch in sampler]
+    assert all(len(set(b)) == 1 for b in seen)  # a batch never mixes lengths
+    per_batch = [b[0] for b in seen]
+    assert per_batch[:2] == [1, 1] and max(per_batch) == 4
+    assert all(n <= 1 + k // 2 for k, n in enumerate(per_batch))  # never ahead of the schedule
+    assert cur.batches_seen == len(seen) and cur.max_segments(4) == 4
+    everything = LengthCurriculum(start_segments=4, grow_every=1)  # one pass over all, sorted
+    sampler = CurriculumBatchSampler(lengths, 2, everything)
+    flat = [lengths[i] for _ in range(2) for batch in sampler for i in batch]
+    assert flat[: len(lengths)] == sorted(lengths)
+    short_free = CurriculumBatchSampler([3, 2, 3], 1, LengthCurriculum(grow_every=10))
+    assert [b for b in short_free] == [[1], [1], [1]]  # no 1-segment video: start at the shortest
+
+
+def test_curriculum_shards_equal_length_batches_across_ranks() -> None:
+    lengths = [1, 1, 1, 2, 2, 2, 2, 3]
+    ranks = [
+        list(CurriculumBatchSampler(lengths, 1, LengthCurriculum(4), num_replicas=2, rank=r))
+        for r in range(2)
+    ]
+    assert len(ranks[0]) == len(ranks[1]) == 4
+    for b0, b1 in zip(*ranks, strict=True):
+        assert lengths[b0[0]] == lengths[b1[0]]  # same segment count on every rank
+    assert [lengths[b[0]] for b in ranks[0]] == [1, 1, 2, 2]
+    assert ranks[0][:2] != ranks[1][:2]  # different videos where there are enough
+
+
+def test_missing_or_mismatched_stage1_checkpoint_fails_clearly(ckpt: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist: stage 2 starts from stage-1"):
+        stage2(tmp_path / "nope.ckpt")
+    wide = stage1_checkpoint(tmp_path / "wide.ckpt", width=16)
+    with pytest.raises(ValueError, match=r"shape mismatches .*dit.x_embed.weight: checkpoint"):
+        stage2(wide)
+    state = torch.load(ckpt, weights_only=False)["state_dict"]
+    state["dit.extra"] = torch.zeros(1)
+    del state["dit.head.linear.bias"]
+    torch.save({"state_dict": state}, tmp_path / "keys.ckpt")
+    with pytest.raises(ValueError, match=r"missing keys \(1\): dit.head.linear.bias; unexpected"):
+        stage2(tmp_path / "keys.ckpt")
+    with pytest.raises(ValueError, match="trainable pattern 'dit.nothing.\\*' matches no"):
+        stage2(ckpt, trainable=["dit.nothing.*"])
+
+
+class CapRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.caps: list[tuple[int, int]] = []  # (curriculum max length, batch length)
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: dict, *a: Any) -> None:
+        cap = trainer.datamodule.curriculum_max_segments
+        self.caps.append((cap, int(batch["num_segments"].max())))
+
+
+def test_resume_mid_curriculum_continues_at_saved_length(tmp_path: Path) -> None:
+    ckpt1 = stage1_checkpoint(tmp_path / "s1.ckpt", patch=4, channels=48)
+
+    def run(max_steps: int, resume: str | None) -> tuple[L.Trainer, CapRecorder]:
+        dm = VideoDataModule(
+            data_dir=str(tmp_path / "data"), resolution=(16, 16), segment_frames=2, batch_size=1,
+            num_train_videos=8, num_val_videos=1, max_segments=3,
+            curriculum=LengthCurriculum(start_segments=1, grow_every=2),
+        )  # fmt: skip
+        model = DirectForcingModule(init_checkpoint=str(ckpt1), **parts(patch=4, channels=48))
+        rec = CapRecorder()
+        trainer = L.Trainer(
+            accelerator="cpu", logger=False, max_steps=max_steps, limit_val_batches=0,
+            enable_progress_bar=False, enable_model_summary=False, callbacks=[rec],
+            default_root_dir=tmp_path, num_sanity_val_steps=0,
+        )  # fmt: skip
+        trainer.fit(model, dm, ckpt_path=resume, weights_only=False)
+        return trainer, rec
+
+    first, rec1 = run(4, None)
+    shortest = min(first.datamodule.train_set.lengths)
+    assert rec1.caps[0] == (shortest, shortest)  # a fresh run starts on the shortest videos
+    path = first.checkpoint_callback.best_model_path
+    saved = torch.load(path, weights_only=False)["VideoDataModule"]["curriculum"]
+    assert saved["batches_seen"] >= 3
+    saved_cap = min(max(1 + saved["batches_seen"] // 2, shortest), 3)
+    assert saved_cap > shortest
+    lengths = first.datamodule.train_set.lengths
+    _, rec = run(5, path)
+    assert rec.caps, "resumed run trained no batch"
+    assert rec.caps[0][0] >= saved_cap  # a fresh curriculum would be back at 1
+    if saved["queue"]:  # and it picks up the saved pass where it stopped
+        assert rec.caps[0][1] == lengths[saved["queue"][0]]
+
+
+def test_cli_stage2_fast_dev_run(tmp_path: Path) -> None:
+    ckpt1 = stage1_checkpoint(tmp_path / "s1.ckpt", patch=4, channels=48, text_dim=128)
+    cli = main([
+        "fit",
+        "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
+        "--config", str(ROOT / "tests/configs/tiny.yaml"),
+        f"--model.init_args.init_checkpoint={ckpt1}",
+        f"--data.init_args.data_dir={tmp_path / 'data'}",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+        "--trainer.fast_dev_run=1",
+    ])  # fmt: skip
+    assert isinstance(cli.model, DirectForcingModule)
+    assert cli.trainer.global_step == 1
+    metrics = cli.trainer.callback_metrics
+    assert {"train/loss", "train/loss_seg_0", "train/trainable_param_norm"} <= set(metrics)
+    shortest = min(cli.datamodule.train_set.lengths)  # the curriculum starts at the shortest
+    assert metrics["train/curriculum_max_segments"] == shortest
+    assert metrics["train/segments"] == shortest
