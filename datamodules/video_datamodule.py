@@ -9,6 +9,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from datamodules.latent_cache import LatentCacheDataset, build_cache, cache_key, collate_latents
+from datamodules.resumable_sampler import sampler_for_trainer
 from datamodules.synthetic import generate_dataset
 from datamodules.video_dataset import VideoFolderDataset, collate_videos
 
@@ -21,6 +23,10 @@ class VideoDataModule(L.LightningDataModule):
     `source="synthetic"` renders the procedural dataset into `data_dir` on first use and then reads
     the mp4 files back like any real folder; `source="folder"` expects `data_dir/metadata.jsonl`.
     Batches are dicts from `collate_videos`, or None when every video in a batch failed to decode.
+
+    `latent_cache`: a directory; when set, `prepare_data` (rank 0) encodes the videos once
+    through the model's codec (`trainer.lightning_module.codec`, or one given to `attach_codec`)
+    and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
     """
 
     def __init__(
@@ -38,6 +44,7 @@ class VideoDataModule(L.LightningDataModule):
         max_segments: int = 6,
         seed: int = 0,
         num_predict_videos: int = 2,
+        latent_cache: str | None = None,
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "folder"):
@@ -75,13 +82,19 @@ class VideoDataModule(L.LightningDataModule):
         self.max_segments = max_segments
         self.seed = seed
         self.num_predict_videos = num_predict_videos
+        self.latent_cache = Path(latent_cache) if latent_cache else None
+        self._codec: torch.nn.Module | None = None
         self.train_set: VideoFolderDataset | None = None
         self.val_set: VideoFolderDataset | None = None
 
     def prepare_data(self) -> None:
-        """Render the synthetic dataset if it is missing or was made with other arguments."""
-        if self.source != "synthetic":
-            return  # folder data must already exist; setup() reports what is missing
+        """Render the synthetic dataset if needed, then fill the latent cache (if enabled)."""
+        if self.source == "synthetic":
+            self._render_synthetic()
+        if self.latent_cache is not None:
+            self._prepare_cache()
+
+    def _render_synthetic(self) -> None:
         generate_dataset(
             self.data_dir,
             num_train=self.num_train_videos,
@@ -103,8 +116,43 @@ class VideoDataModule(L.LightningDataModule):
             size=self.resolution,
         )
 
+    def attach_codec(self, codec: torch.nn.Module) -> None:
+        """The codec the latent cache encodes with, when no Trainer/LightningModule supplies it."""
+        self._codec = codec
+
+    def _cache_dir(self) -> Path:
+        """`latent_cache/<key>`: the key changes with codec, resolution, fps, segment length, data."""
+        codec = self._codec
+        if codec is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            codec = getattr(module, "codec", None)
+        if codec is None:
+            raise RuntimeError(
+                f"latent_cache={str(self.latent_cache)!r} needs a codec: run under a Trainer whose "
+                f"LightningModule has `.codec`, or call attach_codec(codec) first"
+            )
+        key = cache_key(codec, self.resolution, self.fps, self.segment_frames, self.data_dir)
+        self._codec = codec
+        return self.latent_cache / key
+
+    def _prepare_cache(self) -> int:
+        """Encode missing or corrupt shards of both splits; returns how many videos were encoded."""
+        directory = self._cache_dir()
+        assert self._codec is not None
+        return sum(
+            build_cache(directory, split, self._dataset(split), self._codec)
+            for split in ("train", "val")
+        )
+
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets `stage` needs: both for fit (or None), only val otherwise."""
+        if self.latent_cache is not None:
+            directory = self._cache_dir()
+            if stage in (None, "fit") and self.train_set is None:
+                self.train_set = LatentCacheDataset(directory, "train")
+            if self.val_set is None:
+                self.val_set = LatentCacheDataset(directory, "val")
+            return
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset("train")
         if self.val_set is None:
@@ -126,23 +174,25 @@ class VideoDataModule(L.LightningDataModule):
         batch_size: int,
         shuffle: bool,
         generator: torch.Generator | None = None,
+        sampler: torch.utils.data.Sampler | None = None,
     ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=collate_videos,
+            collate_fn=collate_videos if self.latent_cache is None else collate_latents,
             drop_last=False,
             generator=generator,
+            sampler=sampler,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
-        # A dedicated seeded generator makes the shuffle order reproducible run to run.
-        generator = torch.Generator().manual_seed(self.seed)
+        # The order of epoch e depends on (seed, e) only and resumes mid-epoch (exact resume).
         dataset = self._require(self.train_set, "train_set")
-        return self._loader(dataset, self.batch_size, shuffle=True, generator=generator)
+        sampler = sampler_for_trainer(dataset, self.batch_size, self.seed, self.trainer)
+        return self._loader(dataset, self.batch_size, shuffle=False, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._require(self.val_set, "val_set"), self.batch_size, shuffle=False)
