@@ -72,3 +72,26 @@ def test_ddp_and_fsdp2_on_two_cpu_ranks(tmp_path: Path) -> None:
     )
     text = finish(resume, tmp_path / "resume.log")
     assert "Restored all states" in text and "max_steps=3` reached" in text
+
+
+@pytest.mark.parametrize("fragment", ["ddp", "fsdp", "fsdp2"])
+def test_strategy_fragments_compose_with_stage1(
+    fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CUDA-only fragments (DDP/NCCL, FSDP1) are checked by parsing: CI has no GPU."""
+    import yaml
+
+    from train import main
+
+    with pytest.raises(SystemExit):
+        main([
+            "fit", "--config", str(ROOT / "configs/stage1.yaml"),
+            "--config", str(ROOT / f"configs/strategy/{fragment}.yaml"), "--print_config",
+        ])  # fmt: skip
+    trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
+    assert trainer["precision"] == "bf16-mixed"
+    assert trainer["strategy"]["class_path"].startswith("lightning.pytorch.strategies.")
+    if fragment == "fsdp":
+        assert trainer["strategy"]["init_args"]["auto_wrap_policy"] == [
+            "lightning_modules.dit.DiTBlock"
+        ]
