@@ -74,11 +74,10 @@ def test_ddp_and_fsdp2_on_two_cpu_ranks(tmp_path: Path) -> None:
     assert "Restored all states" in text and "max_steps=3` reached" in text
 
 
-@pytest.mark.parametrize("fragment", ["ddp", "fsdp", "fsdp2"])
-def test_strategy_fragments_compose_with_stage1(
-    fragment: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """The CUDA-only fragments (DDP/NCCL, FSDP1) are checked by parsing: CI has no GPU."""
+def test_fsdp1_fragment_composes_with_stage1(capsys: pytest.CaptureFixture[str]) -> None:
+    """Lightning's FSDPStrategy refuses CPU, so its fragment is checked by parsing only (the
+    DDP and FSDP2 fragments are run above)."""
+    fragment = "fsdp"
     import yaml
 
     from train import main
@@ -91,7 +90,6 @@ def test_strategy_fragments_compose_with_stage1(
     trainer = yaml.safe_load(capsys.readouterr().out)["trainer"]
     assert trainer["precision"] == "bf16-mixed"
     assert trainer["strategy"]["class_path"].startswith("lightning.pytorch.strategies.")
-    if fragment == "fsdp":
-        assert trainer["strategy"]["init_args"]["auto_wrap_policy"] == [
-            "lightning_modules.dit.DiTBlock"
-        ]
+    assert trainer["strategy"]["init_args"]["auto_wrap_policy"] == [
+        "lightning_modules.dit.DiTBlock"
+    ]
