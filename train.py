@@ -10,8 +10,8 @@ from datamodules.video_datamodule import VideoDataModule
 from lightning_modules.video_module import VideoModule
 
 
-def main(args: list[str] | None = None) -> LightningCLI:
-    """Run the CLI; `args` lets tests drive it in-process."""
+def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """Run the CLI; `args` lets tests drive it in-process, `run=False` only builds the objects."""
     return LightningCLI(
         VideoModule,
         VideoDataModule,
@@ -19,6 +19,7 @@ def main(args: list[str] | None = None) -> LightningCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 

@@ -53,9 +53,10 @@ class RolloutVideoLogger(L.Callback):
             generator=torch.Generator(pl_module.device).manual_seed(self.seed),
         )  # fmt: skip
         pl_module.train(was_training)
+        # trainer.log_dir broadcasts from rank 0, so every rank must ask (else DDP deadlocks).
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "rollouts"
         if not trainer.is_global_zero:
             return
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "rollouts"
         for i, frames in enumerate(video):
             path = out_dir / f"step_{trainer.global_step:07d}_{i}.mp4"
             write_video(path, frames, dm.fps)

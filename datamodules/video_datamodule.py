@@ -10,6 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Subset
 
 from datamodules.curriculum import CurriculumBatchSampler, LengthCurriculum
+from datamodules.latent_cache import LatentCacheDataset, build_cache, cache_key, collate_latents
+from datamodules.resumable_sampler import sampler_for_trainer
 from datamodules.synthetic import generate_dataset
 from datamodules.video_dataset import VideoFolderDataset, collate_videos
 
@@ -24,6 +26,10 @@ class VideoDataModule(L.LightningDataModule):
     Batches are dicts from `collate_videos`, or None when every video in a batch failed to decode.
     With a `curriculum` (stage 2, A.2) training batches hold equal-length videos admitted by
     length; its state is saved in checkpoints so a resumed run continues at the same length.
+
+    `latent_cache`: a directory; when set, `prepare_data` (rank 0) encodes the videos once
+    through the model's codec (`trainer.lightning_module.codec`, or one given to `attach_codec`)
+    and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class VideoDataModule(L.LightningDataModule):
         seed: int = 0,
         num_predict_videos: int = 2,
         curriculum: LengthCurriculum | None = None,
+        latent_cache: str | None = None,
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "folder"):
@@ -80,13 +87,19 @@ class VideoDataModule(L.LightningDataModule):
         self.seed = seed
         self.num_predict_videos = num_predict_videos
         self.curriculum = curriculum
+        self.latent_cache = Path(latent_cache) if latent_cache else None
+        self._codec: torch.nn.Module | None = None
         self.train_set: VideoFolderDataset | None = None
         self.val_set: VideoFolderDataset | None = None
 
     def prepare_data(self) -> None:
-        """Render the synthetic dataset if it is missing or was made with other arguments."""
-        if self.source != "synthetic":
-            return  # folder data must already exist; setup() reports what is missing
+        """Render the synthetic dataset if needed, then fill the latent cache (if enabled)."""
+        if self.source == "synthetic":
+            self._render_synthetic()
+        if self.latent_cache is not None:
+            self._prepare_cache()
+
+    def _render_synthetic(self) -> None:
         generate_dataset(
             self.data_dir,
             num_train=self.num_train_videos,
@@ -108,8 +121,43 @@ class VideoDataModule(L.LightningDataModule):
             size=self.resolution,
         )
 
+    def attach_codec(self, codec: torch.nn.Module) -> None:
+        """The codec the latent cache encodes with, when no Trainer/LightningModule supplies it."""
+        self._codec = codec
+
+    def _cache_dir(self) -> Path:
+        """`latent_cache/<key>`: the key changes with codec, resolution, fps, segment length, data."""
+        codec = self._codec
+        if codec is None:
+            module = self.trainer.lightning_module if self.trainer is not None else None
+            codec = getattr(module, "codec", None)
+        if codec is None:
+            raise RuntimeError(
+                f"latent_cache={str(self.latent_cache)!r} needs a codec: run under a Trainer whose "
+                f"LightningModule has `.codec`, or call attach_codec(codec) first"
+            )
+        key = cache_key(codec, self.resolution, self.fps, self.segment_frames, self.data_dir)
+        self._codec = codec
+        return self.latent_cache / key
+
+    def _prepare_cache(self) -> int:
+        """Encode missing or corrupt shards of both splits; returns how many videos were encoded."""
+        directory = self._cache_dir()
+        assert self._codec is not None
+        return sum(
+            build_cache(directory, split, self._dataset(split), self._codec)
+            for split in ("train", "val")
+        )
+
     def setup(self, stage: str | None = None) -> None:
         """Build the datasets `stage` needs: both for fit (or None), only val otherwise."""
+        if self.latent_cache is not None:
+            directory = self._cache_dir()
+            if stage in (None, "fit") and self.train_set is None:
+                self.train_set = LatentCacheDataset(directory, "train")
+            if self.val_set is None:
+                self.val_set = LatentCacheDataset(directory, "val")
+            return
         if stage in (None, "fit") and self.train_set is None:
             self.train_set = self._dataset("train")
         if self.val_set is None:
@@ -131,32 +179,35 @@ class VideoDataModule(L.LightningDataModule):
         batch_size: int,
         shuffle: bool,
         generator: torch.Generator | None = None,
+        sampler: torch.utils.data.Sampler | None = None,
     ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=collate_videos,
+            collate_fn=collate_videos if self.latent_cache is None else collate_latents,
             drop_last=False,
             generator=generator,
+            sampler=sampler,
             persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._require(self.train_set, "train_set")
+        collate = collate_videos if self.latent_cache is None else collate_latents
         if self.curriculum is not None:
             sampler = CurriculumBatchSampler(dataset.lengths, self.batch_size, self.curriculum)
             return DataLoader(
                 dataset,
                 batch_sampler=sampler,
                 num_workers=self.num_workers,
-                collate_fn=collate_videos,
+                collate_fn=collate,
                 persistent_workers=self.num_workers > 0,
             )
-        # A dedicated seeded generator makes the shuffle order reproducible run to run.
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(dataset, self.batch_size, shuffle=True, generator=generator)
+        # The order of epoch e depends on (seed, e) only and resumes mid-epoch (exact resume).
+        sampler = sampler_for_trainer(dataset, self.batch_size, self.seed, self.trainer)
+        return self._loader(dataset, self.batch_size, shuffle=False, sampler=sampler)
 
     @property
     def curriculum_max_segments(self) -> int | None:

@@ -34,6 +34,7 @@ from torch import Tensor
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec
 from lightning_modules.dit import VideoDiT
+from lightning_modules.parallel import no_backward_sync
 from lightning_modules.text_encoder import TextEncoder
 from lightning_modules.video_module import VideoModule
 
@@ -175,10 +176,10 @@ class DirectForcingModule(VideoModule):
 
     # ----------------------------------------------------------------- one video (Sec. 3.2)
     def _sync_gradients(self, sync: bool) -> contextlib.AbstractContextManager:
-        """Under DDP, skip the gradient all-reduce on every backward but a step's last one."""
+        """Under DDP/FSDP, skip the gradient all-reduce on every backward but a step's last one."""
         strategy = self._trainer.strategy if self._trainer is not None else None
         if not sync and isinstance(strategy, ParallelStrategy):
-            return strategy.block_backward_sync()  # DDP's no_sync(): grads add up locally
+            return no_backward_sync(self.trainer.model)  # grads add up locally until the step
         return contextlib.nullcontext()
 
     def history_segment(
@@ -201,9 +202,9 @@ class DirectForcingModule(VideoModule):
             return None
         opt = self.optimizers()
         sched = self.lr_schedulers()
-        latents, frames = self.encode_video(batch["video"])
+        latents, frames = self.batch_latents(batch)  # pre-encoded when the latent cache is on
         num = batch["num_segments"].to(latents.device)
-        image = self.encode_image(batch["image"])
+        image = self.batch_image_latent(batch)
         text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
         b, _, c, h, w = latents.shape
         history = latents.new_zeros(b, self.dit.history_frames, c, h, w)  # zeros = no past yet
@@ -233,7 +234,7 @@ class DirectForcingModule(VideoModule):
                 history[rows] = torch.cat((history[rows], new), dim=1)[:, -history.shape[1] :]
                 if psi is not None:
                     psi = psi.clone()
-                    psi[rows] = self.update_memory(sub_psi, new)
+                    psi[rows] = self.update_memory(sub_psi, new, step=i)
             self.store_history(i, new)
             if last:
                 if self.hparams.gradient_clip_val is not None:

@@ -19,7 +19,10 @@ from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
 from lightning_modules.dit import VideoDiT
 from lightning_modules.frame_pack import gather_history
+from lightning_modules.nonfinite import check_finite_loss
+from lightning_modules.parallel import CompileMode, apply_fsdp2, compile_dit
 from lightning_modules.semantic_pack import SemanticPack
+from lightning_modules.step_seed import seed_batch
 from lightning_modules.text_encoder import HashTextEncoder, TextEncoder
 
 
@@ -37,6 +40,7 @@ class VideoModule(L.LightningModule):
         lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
         sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
         rollout_segments: segments generated per example by `predict`.
+        compile: `torch.compile` the DiT blocks or the whole DiT in `configure_model`.
     """
 
     def __init__(
@@ -58,6 +62,7 @@ class VideoModule(L.LightningModule):
         sample_shift: float = 1.0,
         cfg_scale: float = 1.0,
         rollout_segments: int = 4,
+        compile: CompileMode = "none",
     ) -> None:
         super().__init__()
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
@@ -94,6 +99,19 @@ class VideoModule(L.LightningModule):
         with torch.no_grad():
             latents = self.codec.encode(rearrange(video, "b s t c h w -> b (s t) c h w"))
         return latents, t // self.codec.temporal_factor
+
+    def batch_latents(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
+        """`encode_video` of the batch, or its pre-encoded `latents` [b, s, T, c, h, w] (cache)."""
+        if "latents" in batch:
+            lat = batch["latents"]
+            return rearrange(lat, "b s t c h w -> b (s t) c h w"), lat.shape[2]
+        return self.encode_video(batch["video"])
+
+    def batch_image_latent(self, batch: dict[str, Any]) -> Tensor:
+        """`encode_image` of the batch, or its pre-encoded `image_latent` [b, 1, c, h, w]."""
+        if "image_latent" in batch:
+            return batch["image_latent"]
+        return self.encode_image(batch["image"])
 
     def encode_image(self, image: Tensor) -> Tensor:
         with torch.no_grad():
@@ -178,9 +196,9 @@ class VideoModule(L.LightningModule):
     ) -> tuple[Tensor, ...]:
         """One random segment per video with its true history (stage 1).
 
-        `encoded` = encode_video(batch["video"]) when the caller already has the latents.
+        `encoded` = batch_latents(batch) when the caller already has the latents.
         """
-        latents, frames = encoded if encoded is not None else self.encode_video(batch["video"])
+        latents, frames = encoded if encoded is not None else self.batch_latents(batch)
         num = batch["num_segments"].to(latents.device)
         u = torch.rand(num.shape, generator=generator, device="cpu").to(latents.device)
         seg = (u * num).long().clamp(max=num - 1)
@@ -189,7 +207,17 @@ class VideoModule(L.LightningModule):
         keep = self.dit.history_frames  # None: full history, as long as the longest needs
         keep = int(seg.max()) * frames if keep is None else keep
         history = gather_history(latents, seg * frames, keep)
-        return x, seg, history, self.encode_image(batch["image"])
+        return x, seg, history, self.batch_image_latent(batch)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        seed_batch(self.trainer.fit_loop.total_batch_idx, self.global_rank)  # exact resume
+
+    def on_before_backward(self, loss: Tensor) -> None:
+        trainer = self.trainer
+        check_finite_loss(
+            loss, trainer.global_step, trainer.fit_loop.epoch_loop.batch_idx,
+            trainer.current_epoch, trainer.strategy,
+        )  # fmt: skip
 
     def teacher_forcing_loss(
         self,
@@ -198,7 +226,7 @@ class VideoModule(L.LightningModule):
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Stage-1 loss of a batch: one segment per video, true history, teacher-forced psi."""
-        encoded = self.encode_video(batch["video"])
+        encoded = self.batch_latents(batch)
         x, seg, history, image = self.teacher_forcing_batch(batch, generator, encoded)
         text = self.encode_text(batch["caption"], prompt_dropout)
         psi = self.teacher_forced_memory(*encoded, seg, text, image)
@@ -312,6 +340,16 @@ class VideoModule(L.LightningModule):
             batch["image"], batch["caption"], self.hparams.rollout_segments, progress=True
         )
         return {"video": video, "name": batch["name"], "caption": batch["caption"]}
+
+    # ----------------------------------------------------------------- scaling
+    def configure_model(self) -> None:
+        """Compile, then shard with FSDP2 when the strategy gives a device mesh (ModelParallel)."""
+        if getattr(self, "_scaled", False):  # Lightning may call this hook more than once
+            return
+        self._scaled = True
+        compile_dit(self.dit, self.hparams.get("compile", "none"))
+        if self.device_mesh is not None:
+            apply_fsdp2(self, self.device_mesh)
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:

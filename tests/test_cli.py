@@ -51,7 +51,7 @@ def test_fit_logs_video_and_writes_mp4(trained: tuple[Path, object]) -> None:
     assert mp4s
     with av.open(str(mp4s[0])) as container:
         n = sum(1 for _ in container.decode(video=0))
-    assert n == 3 * 8  # RolloutVideoLogger's num_segments x segment_frames
+    assert n == 3 * cli.datamodule.segment_frames  # RolloutVideoLogger num_segments = 3
 
 
 def test_validate_and_test_run_from_checkpoint(trained: tuple[Path, object]) -> None:
@@ -80,7 +80,7 @@ def test_predict_writes_decodable_mp4(trained: tuple[Path, object]) -> None:
     assert len(files) == 2  # num_predict_videos
     with av.open(str(files[0])) as container:
         n = sum(1 for _ in container.decode(video=0))
-    assert n == 2 * 8  # rollout_segments x segment_frames
+    assert n == 2 * cli.datamodule.segment_frames  # rollout_segments = 2 in tiny.yaml
 
 
 def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

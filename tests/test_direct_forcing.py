@@ -292,15 +292,24 @@ def test_resume_mid_curriculum_continues_at_saved_length(tmp_path: Path) -> None
 
 
 def test_cli_stage2_fast_dev_run(tmp_path: Path) -> None:
-    ckpt1 = stage1_checkpoint(tmp_path / "s1.ckpt", patch=4, channels=48, text_dim=128)
-    cli = main([
-        "fit",
-        "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
+    """The README sequence: stage 1 through the CLI, then stage 2 from its last.ckpt."""
+    common = [
         "--config", str(ROOT / "tests/configs/tiny.yaml"),
-        f"--model.init_args.init_checkpoint={ckpt1}",
         f"--data.init_args.data_dir={tmp_path / 'data'}",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
         f"--trainer.default_root_dir={tmp_path / 'runs'}",
+    ]  # fmt: skip
+    stage1 = main([
+        "fit", "--config", str(ROOT / "configs/stage1.yaml"), *common, "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=0",
+    ])  # fmt: skip
+    ckpt1 = stage1.trainer.checkpoint_callback.last_model_path
+    assert Path(ckpt1).is_file()
+    cli = main([
+        "fit",
+        "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
+        *common,
+        f"--model.init_args.init_checkpoint={ckpt1}",
         "--trainer.fast_dev_run=1",
     ])  # fmt: skip
     assert isinstance(cli.model, DirectForcingModule)
