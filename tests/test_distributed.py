@@ -6,6 +6,7 @@ sharded `last.ckpt` directory.
 """
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +37,19 @@ def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    # An explicit rendezvous port per job: two jobs launched together (here, or another test
+    # run on the same machine) must never meet at the same port.
+    env = {
+        **os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
+        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+    }  # fmt: skip
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
