@@ -12,8 +12,8 @@ bf16 dense, 989). Stage 2 is one Direct Forcing video step (`DirectForcingModule
 under a Trainer of the same precision: every segment's forward + backward in order, one
 optimizer step), starting from the stage-1 weights; its tokens are those of all the video's
 segments, its samples are videos (only the head trains, so its backward stops at the head:
-expect far more tokens/s than stage 1). Single process: under DDP/FSDP per-device throughput is this
-figure minus communication, which overlaps the backward.
+expect far more tokens/s than stage 1). Single process: under DDP/FSDP per-device throughput
+is this figure minus communication, which overlaps the backward.
 """
 
 from __future__ import annotations
