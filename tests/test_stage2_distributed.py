@@ -62,9 +62,19 @@ def command(tmp: Path, name: str, strategy: str, ckpt: Path, *extra: str) -> lis
     ]  # fmt: skip
 
 
+# An in-process DDP run earlier in the session (test_direct_forcing) leaves MASTER_PORT etc. in
+# os.environ; two launches inheriting one port collide (EADDRINUSE, or one run's rank 1 joins the
+# other's store and both hang). Each launch must pick its own free port.
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+
+
+def launcher_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+
+
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
     path = os.pathsep.join((str(ROOT), str(ROOT / "tests")))  # tests/ for step_probe
-    env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    env = {**launcher_env(), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
