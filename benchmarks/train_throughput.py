@@ -8,29 +8,39 @@ AdamW) on random pixel batches, so data loading is excluded (use the latent cach
 Model FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on one step (matmuls,
 attention, convolutions; forward and backward). MFU divides achieved FLOP/s by a peak: on CPU a
 dense matmul of the same dtype timed in the same run, on CUDA `--peak_tflops` (default: H100
-bf16 dense, 989). Stage 2 is measured once `DirectForcingModule` exists on this branch; until
-then its entry is null. Single process: under DDP/FSDP per-device throughput is this figure
-minus communication, which overlaps the backward.
+bf16 dense, 989). Stage 2 is one Direct Forcing video step (`DirectForcingModule.training_step`
+under a Trainer of the same precision: every segment's forward + backward in order, one
+optimizer step), starting from the stage-1 weights; its tokens are those of all the video's
+segments, its samples are videos (only the head trains, so its backward stops at the head:
+expect far more tokens/s than stage 1). Single process: under DDP/FSDP per-device throughput
+is this figure minus communication, which overlaps the backward.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import lightning as L
 import torch
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
+from lightning_modules.direct_forcing import DirectForcingModule
 from lightning_modules.dit import VideoDiT
 from lightning_modules.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
 
 
 def sync(device: torch.device) -> None:
@@ -60,12 +70,15 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048) -> floa
     return 2 * n**3 / seconds
 
 
-def build_stage1(args: argparse.Namespace, device: torch.device) -> VideoModule:
-    dit = VideoDiT(
+def build_dit(args: argparse.Namespace) -> VideoDiT:
+    return VideoDiT(
         latent_channels=48, text_dim=128, width=args.width, depth=args.depth, heads=args.heads,
         frame_pack=(1, 2, 16), grad_checkpointing=args.grad_checkpointing,
     )  # fmt: skip
-    model = VideoModule(dit, text_encoder=HashTextEncoder(dim=128), prompt_dropout=0.1)
+
+
+def build_stage1(args: argparse.Namespace, device: torch.device) -> VideoModule:
+    model = VideoModule(build_dit(args), text_encoder=HashTextEncoder(dim=128), prompt_dropout=0.1)
     model.hparams.compile = args.compile
     model.configure_model()
     return model.to(device).train()
@@ -104,13 +117,26 @@ def measure_stage1(args: argparse.Namespace, precision: str, device: torch.devic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     seconds = timed(step, device, warmup=args.warmup, repeats=args.steps)
+    tokens = segment_tokens(model, batch, args)
+    return summary(args, precision, device, flops, seconds, tokens)
+
+
+def segment_tokens(model: VideoModule, batch: dict[str, Any], args: argparse.Namespace) -> int:
+    """Sequence length of one segment's DiT call (text, image, FramePack context, noisy)."""
     _, _, h, w = model.encode_image(batch["image"]).shape[1:]
-    tokens = model.dit.tokens_per_segment(
+    return model.dit.tokens_per_segment(
         args.segment_frames // model.codec.temporal_factor, h, w,
         model.text_encoder(batch["caption"][:1])[0].shape[1],
     )  # fmt: skip
+
+
+def summary(
+    args: argparse.Namespace, precision: str, device: torch.device, flops: float,
+    seconds: float, tokens: int,
+) -> dict:  # fmt: skip
+    """Rates of one step over `batch_size` samples of `tokens` tokens each."""
     peak = (
-        args.peak_tflops * 1e12 if device.type == "cuda" else matmul_peak(dtype, device)
+        args.peak_tflops * 1e12 if device.type == "cuda" else matmul_peak(DTYPES[precision], device)
     )  # the CPU peak is timed now, on the same (possibly shared) cores
     result = {
         "precision": precision,
@@ -128,15 +154,60 @@ def measure_stage1(args: argparse.Namespace, precision: str, device: torch.devic
     return result
 
 
-def measure_stage2(args: argparse.Namespace, precision: str, device: torch.device) -> dict | None:
-    """Direct Forcing throughput; None until `lightning_modules.direct_forcing` is merged."""
-    try:
-        import lightning_modules.direct_forcing  # noqa: F401
-    except ImportError:
-        return None
-    # TODO(issue 4 merge): time one whole-video DirectForcingModule step (per-segment backward,
-    # one optimizer step) the way measure_stage1 times a teacher-forcing step.
-    return None
+class StepTimer(L.Callback):
+    """Wall time of each training step after `warmup`; FLOPs counted on the first step."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+        self.times: list[float] = []
+        self.flops = 0
+        self._counter: FlopCounterMode | None = None
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: Any, idx: int) -> None:
+        if idx == 0:  # counting slows the step, so the counted step is never timed
+            self._counter = FlopCounterMode(display=False)
+            self._counter.__enter__()
+        if idx == self.warmup and module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(module.device)
+        sync(module.device)
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: Any, *args: Any) -> None:
+        sync(module.device)
+        elapsed = time.perf_counter() - self._start
+        if self._counter is not None:
+            self._counter.__exit__(None, None, None)
+            self.flops = self._counter.get_total_flops()
+            self._counter = None
+        if trainer.global_step > self.warmup:
+            self.times.append(elapsed)
+
+
+def measure_stage2(args: argparse.Namespace, precision: str, device: torch.device) -> dict:
+    """One Direct Forcing step per video batch (all segments, one optimizer step), timed."""
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)  # one table, no chatter
+    warnings.filterwarnings("ignore", module="lightning")
+    stage1 = build_stage1(args, torch.device("cpu"))
+    batch = random_batch(args, torch.device("cpu"))  # the Trainer moves it to `device`
+    tokens = segment_tokens(stage1, batch, args) * args.segments  # every segment of the video
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "stage1.ckpt"
+        torch.save({"state_dict": stage1.state_dict()}, ckpt)
+        module = DirectForcingModule(
+            build_dit(args), init_checkpoint=str(ckpt), text_encoder=HashTextEncoder(dim=128),
+            prompt_dropout=0.1, compile=args.compile,
+        )  # fmt: skip
+    timer = StepTimer(args.warmup + 1)  # +1: the FLOP-counted first step
+    trainer = L.Trainer(
+        accelerator=device.type, devices=1, precision=TRAINER_PRECISION[precision],
+        max_steps=args.warmup + 1 + args.steps, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+    )  # fmt: skip
+    loader = DataLoader([batch] * (args.warmup + 1 + args.steps), batch_size=None)
+    trainer.fit(module, loader)
+    seconds = statistics.median(timer.times)
+    return summary(args, precision, device, timer.flops, seconds, tokens)
 
 
 def parse() -> argparse.Namespace:
@@ -172,9 +243,8 @@ def main() -> dict:
         "threads": torch.get_num_threads(),
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "stage1": {**first, "by_precision": runs},
-        "stage2": {"tokens_per_s": None if stage2 is None else stage2["tokens_per_s"],
-                   **(stage2 or {"note": "DirectForcingModule not on this branch yet"})},
-    }  # fmt: skip
+        "stage2": stage2,
+    }
     header = f"{'stage':<7}{'prec':<6}{'tokens/s':>11}{'samples/s':>11}{'step s':>9}"
     header += f"{'GFLOP/s':>10}{'peak':>9}{'MFU':>7}"
     print(f"device={device} threads={report['threads']} width={args.width} depth={args.depth}")
@@ -185,8 +255,13 @@ def main() -> dict:
             f"{r['step_s']:>9.3f}{r['achieved_gflop_per_s']:>10.1f}"
             f"{r['peak_gflop_per_s']:>9.1f}{r['mfu']:>7.1%}"
         )
-    if stage2 is None:
-        print(f"{'2':<7}{'-':<6}{'n/a (DirectForcingModule not merged)':>40}")
+    r = stage2
+    print(
+        f"{'2':<7}{precisions[0]:<6}{r['tokens_per_s']:>11.0f}{r['samples_per_s']:>11.2f}"
+        f"{r['step_s']:>9.3f}{r['achieved_gflop_per_s']:>10.1f}"
+        f"{r['peak_gflop_per_s']:>9.1f}{r['mfu']:>7.1%}"
+    )
+    print(f"(stage 2: one step = one batch of {args.segments}-segment videos, all segments)")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

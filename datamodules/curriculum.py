@@ -12,8 +12,13 @@ segments. With one optimizer step per video batch (the default), a batch is an o
 A pass walks the admitted videos in ascending length (ties shuffled per pass); videos admitted
 mid-pass are longer than every admitted one, so they join at the end and the pass stays sorted.
 A batch never mixes lengths, so no segment of a batch is padding. The pass spans epochs and is
-saved with the schedule, so a resumed run continues at the same length and position (less the
-one or two batches the loader had prefetched when the checkpoint was written).
+saved with the schedule.
+
+Exact resume: the sequence of batches is a function of (seed, lengths, batch size, ranks) and the
+batch index only, so a resumed run does not trust the saved position (a DataLoader's workers run
+the batch sampler ahead of training, so it may be several batches ahead of the checkpointed
+step); `sampler_for_trainer` instead replays the schedule from the start to the restored batch
+count, as `resumable_sampler.py` skips the consumed part of an epoch.
 """
 
 from collections.abc import Iterator, Sequence
@@ -45,13 +50,24 @@ class LengthCurriculum:
         self.admitted = 0  # longest length already in the current pass
         self.queue: list[int] = []  # rest of the current pass (dataset indices)
 
-    def max_segments(self, longest: int | None = None, shortest: int = 1) -> int:
-        """The longest admitted video now, within the dataset's [shortest, longest] lengths.
+    def max_segments(
+        self, longest: int | None = None, shortest: int = 1, batches: int | None = None
+    ) -> int:
+        """The longest admitted video for batch `batches` (default: the next one to be drawn),
+        within the dataset's [shortest, longest] lengths.
 
         A dataset without videos as short as `start_segments` starts at its shortest length.
         """
-        cap = max(self.start_segments + self.batches_seen // self.grow_every, shortest)
+        seen = self.batches_seen if batches is None else batches
+        cap = max(self.start_segments + seen // self.grow_every, shortest)
         return cap if longest is None else min(cap, longest)
+
+    def reset(self) -> None:
+        """Back to the start of training (no batch drawn yet)."""
+        self.batches_seen = 0
+        self.passes = 0
+        self.admitted = 0
+        self.queue = []
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +118,26 @@ class CurriculumBatchSampler(Sampler[list[int]]):
         self.curriculum = curriculum
         self.longest = max(self.lengths)
         self.shortest = min(self.lengths)
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, batches of it already trained)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch start (it calls a batch sampler's set_epoch too)."""
+        self.epoch = epoch
+
+    def resume(self, batches_done: int, epoch: int, epoch_batches_done: int) -> None:
+        """Put the pass where an uninterrupted run is after `batches_done` batches in total.
+
+        The schedule is replayed from the start rather than read from the checkpoint, whose
+        saved position includes the batches the loader had prefetched. The next iteration of
+        `epoch` then yields only its remaining batches, so epoch boundaries do not move.
+        """
+        if batches_done < 0 or epoch_batches_done < 0:
+            raise ValueError(f"batches done must be >= 0, got {batches_done}, {epoch_batches_done}")
+        self.curriculum.reset()
+        for _ in range(batches_done):
+            self._global_batch()
+        self._resume = (epoch, epoch_batches_done)
 
     def __len__(self) -> int:
         return -(-len(self.lengths) // (self.batch_size * self.num_replicas))
@@ -132,8 +168,30 @@ class CurriculumBatchSampler(Sampler[list[int]]):
         return batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        for _ in range(len(self)):
+        count = len(self)
+        if self._resume is not None:
+            if self._resume[0] == self.epoch:  # a stale resume (finished epoch) is dropped
+                count = max(count - self._resume[1], 0)
+            self._resume = None
+        for _ in range(count):
             batch = self._global_batch()
             if len(batch) < self.num_replicas:  # every rank needs a video of this length
                 batch = (batch * self.num_replicas)[: self.num_replicas]
             yield batch[self.rank :: self.num_replicas]
+
+
+def sampler_for_trainer(
+    lengths: Sequence[int], batch_size: int, curriculum: LengthCurriculum, trainer: Any | None
+) -> CurriculumBatchSampler:
+    """This rank's curriculum batch sampler, positioned where a restored fit loop left off."""
+    sampler = CurriculumBatchSampler(lengths, batch_size, curriculum)
+    fit_loop = getattr(trainer, "fit_loop", None)
+    if fit_loop is not None and fit_loop.restarting:
+        # `processed` counts the batches whose training step finished before the checkpoint.
+        progress = fit_loop.epoch_loop.batch_progress
+        sampler.resume(
+            progress.total.processed,
+            fit_loop.epoch_progress.current.processed,
+            progress.current.processed,
+        )
+    return sampler

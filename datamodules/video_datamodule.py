@@ -9,7 +9,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from datamodules.curriculum import CurriculumBatchSampler, LengthCurriculum
+from datamodules.curriculum import LengthCurriculum
+from datamodules.curriculum import sampler_for_trainer as curriculum_sampler
 from datamodules.latent_cache import LatentCacheDataset, build_cache, cache_key, collate_latents
 from datamodules.resumable_sampler import sampler_for_trainer
 from datamodules.synthetic import generate_dataset
@@ -197,7 +198,10 @@ class VideoDataModule(L.LightningDataModule):
         dataset = self._require(self.train_set, "train_set")
         collate = collate_videos if self.latent_cache is None else collate_latents
         if self.curriculum is not None:
-            sampler = CurriculumBatchSampler(dataset.lengths, self.batch_size, self.curriculum)
+            # Resumes at the restored batch count (replayed schedule), like the plain sampler.
+            sampler = curriculum_sampler(
+                dataset.lengths, self.batch_size, self.curriculum, self.trainer
+            )
             return DataLoader(
                 dataset,
                 batch_sampler=sampler,
@@ -211,15 +215,24 @@ class VideoDataModule(L.LightningDataModule):
 
     @property
     def curriculum_max_segments(self) -> int | None:
-        """Longest video the curriculum admits now (None without a curriculum)."""
+        """Longest video the curriculum admits for the batch being trained (None without one).
+
+        While fitting, that is the trainer's batch index, not the sampler's position: loader
+        workers draw batches ahead of training, which would make the logged length run early.
+        """
         if self.curriculum is None:
             return None
+        trainer = self.trainer
+        batches = max(trainer.fit_loop.total_batch_idx, 0) if trainer and trainer.training else None
         if self.train_set is None:
-            return self.curriculum.max_segments()
+            return self.curriculum.max_segments(batches=batches)
         lengths = self.train_set.lengths
-        return self.curriculum.max_segments(max(lengths), min(lengths))
+        return self.curriculum.max_segments(max(lengths), min(lengths), batches=batches)
 
     def state_dict(self) -> dict[str, Any]:
+        # The curriculum's position as the sampler last left it (possibly ahead of training by
+        # the loader's prefetch): for inspection and for use without a Trainer. A restored fit
+        # loop replays the schedule to its exact batch count instead (`sampler_for_trainer`).
         return {} if self.curriculum is None else {"curriculum": self.curriculum.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:

@@ -6,7 +6,6 @@ sharded `last.ckpt` directory.
 """
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -37,19 +36,18 @@ def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+# An in-process DDP run earlier in the session (test_direct_forcing) leaves MASTER_PORT etc. in
+# os.environ; two launches inheriting one port collide (EADDRINUSE, or one run's rank 1 joins the
+# other's store and both hang). Each launch must pick its own free port.
+DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+
+
+def launcher_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    # An explicit rendezvous port per job: two jobs launched together (here, or another test
-    # run on the same machine) must never meet at the same port.
-    env = {
-        **os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
-        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
-    }  # fmt: skip
+    env = {**launcher_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
