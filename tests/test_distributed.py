@@ -5,15 +5,11 @@ rendezvous, so overlapping them halves the wall time); the FSDP2 run then resume
 sharded `last.ckpt` directory.
 """
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 240
+from launch import ROOT, finish, start
 
 
 def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
@@ -34,32 +30,6 @@ def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
         "--trainer.strategy.init_args.process_group_backend=gloo",
         *extra,
     ]  # fmt: skip
-
-
-# An in-process DDP run earlier in the session (test_direct_forcing) leaves MASTER_PORT etc. in
-# os.environ; two launches inheriting one port collide (EADDRINUSE, or one run's rank 1 joins the
-# other's store and both hang). Each launch must pick its own free port.
-DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
-
-
-def launcher_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    env = {**launcher_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def finish(proc: subprocess.Popen, log: Path) -> str:
-    try:
-        proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()  # the launcher's rank-1 child dies with it (Lightning's death watch)
-        pytest.fail(f"timed out after {TIMEOUT}s:\n{log.read_text()[-3000:]}")
-    text = log.read_text()
-    assert proc.returncode == 0, text[-3000:]
-    return text
 
 
 def test_ddp_and_fsdp2_on_two_cpu_ranks(tmp_path: Path) -> None:

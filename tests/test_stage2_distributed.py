@@ -8,17 +8,13 @@ the trainable weights must stay bitwise equal across ranks (the once-per-step re
 """
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from launch import ROOT, finish, start
 
 from train import main
 
-ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT = 240
 STEPS = 4  # grow_every=1: steps 1-3 run 2-segment videos, step 4 a 3-segment one
 
 
@@ -60,33 +56,6 @@ def command(tmp: Path, name: str, strategy: str, ckpt: Path, *extra: str) -> lis
         "--trainer.strategy.init_args.process_group_backend=gloo",
         *extra,
     ]  # fmt: skip
-
-
-# An in-process DDP run earlier in the session (test_direct_forcing) leaves MASTER_PORT etc. in
-# os.environ; two launches inheriting one port collide (EADDRINUSE, or one run's rank 1 joins the
-# other's store and both hang). Each launch must pick its own free port.
-DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
-
-
-def launcher_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in DIST_VARS}
-
-
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    path = os.pathsep.join((str(ROOT), str(ROOT / "tests")))  # tests/ for step_probe
-    env = {**launcher_env(), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def finish(proc: subprocess.Popen, log: Path) -> str:
-    try:
-        proc.wait(timeout=TIMEOUT)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail(f"timed out after {TIMEOUT}s:\n{log.read_text()[-3000:]}")
-    text = log.read_text()
-    assert proc.returncode == 0, text[-3000:]
-    return text
 
 
 def probes(directory: Path) -> list[list[dict]]:
