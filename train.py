@@ -26,11 +26,7 @@ def main(args: list[str] | None = None, run: bool = True) -> LightningCLI:
 def build_model(*configs: str) -> VideoModule:
     """The model a config describes, without running anything (benchmarks, notebooks)."""
     args = [a for c in (configs or ("configs/stage1.yaml",)) for a in ("--config", c)]
-    cli = LightningCLI(
-        VideoModule, VideoDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        run=False, args=args,
-    )  # fmt: skip
-    return cli.model
+    return main(args, run=False).model
 
 
 if __name__ == "__main__":

@@ -5,14 +5,13 @@ from typing import Any
 
 import pytest
 import torch
-from lightning.pytorch.cli import LightningCLI
 
-from datamodules.video_datamodule import VideoDataModule
 from lightning_modules.codec import SpaceToDepthCodec
 from lightning_modules.dit import VideoDiT
 from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule
+from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
 M = 4  # memory tokens
@@ -202,11 +201,7 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
             *[a for e in extra for a in ("--config", str(ROOT / "configs/ablations" / e))],
             f"--data.init_args.data_dir={tmp_path}",
         ]  # fmt: skip
-        cli = LightningCLI(
-            VideoModule, VideoDataModule, subclass_mode_model=True, subclass_mode_data=True,
-            run=False, args=args,
-        )  # fmt: skip
-        return cli.model
+        return main(args, run=False).model
 
     assert build().semantic_pack.structure == "A"
     f1 = build("f1_only.yaml")
