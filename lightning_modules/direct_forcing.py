@@ -33,7 +33,7 @@ from torch import Tensor
 
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec
-from lightning_modules.dit import VideoDiT
+from lightning_modules.framepack_backbone import Backbone
 from lightning_modules.parallel import no_backward_sync
 from lightning_modules.text_encoder import TextEncoder
 from lightning_modules.video_module import VideoModule
@@ -94,7 +94,7 @@ class DirectForcingModule(VideoModule):
 
     def __init__(
         self,
-        dit: VideoDiT,
+        dit: Backbone,
         init_checkpoint: str,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
@@ -205,7 +205,7 @@ class DirectForcingModule(VideoModule):
         latents, frames = self.batch_latents(batch)  # pre-encoded when the latent cache is on
         num = batch["num_segments"].to(latents.device)
         image = self.batch_image_latent(batch)
-        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
+        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout, batch["image"])
         b, _, c, h, w = latents.shape
         history = latents.new_zeros(b, self.dit.history_frames, c, h, w)  # zeros = no past yet
         with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
