@@ -214,3 +214,49 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
 def test_mismatched_width_raises_clear_error() -> None:
     with pytest.raises(ValueError, match="semantic_pack.width=64"):
         tiny_module(SemanticPack(latent_channels=12, text_dim=16, width=64))
+
+
+def record_dit_calls(module: VideoModule) -> list[dict[str, torch.Tensor]]:
+    """(history, memory) of every DiT call, recorded with a forward pre-hook."""
+    calls: list[dict[str, torch.Tensor]] = []
+
+    def hook(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append({"history": args[3].clone(), "memory": kwargs["memory"].clone()})
+
+    module.dit.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+def test_cfg_unconditional_half_carries_psi_of_the_empty_prompt() -> None:
+    """CFG's unconditional half reads psi built from "" (as a dropped prompt does in training),
+    updated with the same generated segments as the conditional psi."""
+    module = tiny_module(tiny_pack(), cfg_scale=3.0, sample_steps=1).eval()
+    perturb(module)
+    calls = record_dit_calls(module)
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    captions = ["a red circle", "a blue square"]
+    module.generate(image, captions, num_segments=3, frames_per_segment=4)
+    assert len(calls) == 3 and calls[0]["memory"].shape == (4, M, 32)  # [cond; uncond] halves
+    pack, image_lat = module.semantic_pack, module.encode_image(image)
+    with torch.no_grad():
+        psi = {
+            "cond": pack.init(module.text_encoder(captions)[0], image_lat),
+            "uncond": pack.init(module.text_encoder(["", ""])[0], image_lat),
+        }
+    assert not torch.allclose(psi["cond"], psi["uncond"], atol=1e-4)  # the check can fail
+    for k, call in enumerate(calls):
+        cond, uncond = call["memory"].chunk(2)
+        torch.testing.assert_close(cond, psi["cond"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(uncond, psi["uncond"], atol=1e-5, rtol=1e-4)
+        if k + 1 < len(calls):  # both are updated with the segment just generated
+            segment = calls[k + 1]["history"][:2, -4:]
+            with torch.no_grad():
+                psi = {h: pack(p, segment, step=k) for h, p in psi.items()}
+    # Training agrees: a dropped prompt builds psi_0 from "" too.
+    seen: list[torch.Tensor] = []
+    init = pack.init
+    pack.init = lambda text, image: seen.append(text) or init(text, image)  # type: ignore[method-assign]
+    batch, gen = batch_with_late_segments(module)
+    module.train()
+    module.teacher_forcing_loss(batch, prompt_dropout=1.0, generator=gen)
+    torch.testing.assert_close(seen[0], module.text_encoder([""] * 3)[0])
