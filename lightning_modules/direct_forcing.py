@@ -207,7 +207,8 @@ class DirectForcingModule(VideoModule):
         image = self.batch_image_latent(batch)
         text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
         b, _, c, h, w = latents.shape
-        history = latents.new_zeros(b, self.dit.history_frames, c, h, w)  # zeros = no past yet
+        keep = self.dit.history_frames  # None (`full_history`): the buffer keeps every segment
+        history = latents.new_zeros(b, keep or 0, c, h, w)  # zeros = no past yet
         with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
             psi = self.init_memory(text, image)
         longest = int(num.max())
@@ -230,8 +231,10 @@ class DirectForcingModule(VideoModule):
             with torch.no_grad():  # history and memory never carry gradients across segments
                 vel = self.velocity_fn(seg, history[rows], image[rows], sub_text, None, sub_psi)
                 new = self.history_segment(x, x_t, t, v, vel)
-                history = history.clone()
-                history[rows] = torch.cat((history[rows], new), dim=1)[:, -history.shape[1] :]
+                stored = torch.zeros_like(latents[:, :frames])  # finished videos: padding
+                stored[rows] = new
+                history = torch.cat((history, stored), dim=1)
+                history = history if keep is None else history[:, -keep:]
                 if psi is not None:
                     psi = psi.clone()
                     psi[rows] = self.update_memory(sub_psi, new, step=i)

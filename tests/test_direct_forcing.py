@@ -25,10 +25,13 @@ from train import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parts(width: int = 32, patch: int = 2, channels: int = 12, text_dim: int = 16) -> dict:
+def parts(
+    width: int = 32, patch: int = 2, channels: int = 12, text_dim: int = 16,
+    context: str = "framepack",
+) -> dict:  # fmt: skip
     dit = VideoDiT(
         latent_channels=channels, text_dim=text_dim, width=width, depth=1, heads=2,
-        frame_pack=(1, 2, 4),
+        frame_pack=(1, 2, 4), context=context,
     )  # fmt: skip
     return {
         "dit": dit,
@@ -156,6 +159,22 @@ def test_student_history_runs_the_sampler(ckpt: Path) -> None:
     estimate = rf.one_step_estimate(calls[0]["x_t"], calls[0]["v"], calls[0]["t"])
     assert not torch.allclose(calls[0]["stored"], estimate, atol=1e-4)
     assert not torch.allclose(calls[0]["stored"], calls[0]["x"], atol=1e-4)
+
+
+def test_full_history_context_conditions_on_every_stored_segment(tmp_path: Path) -> None:
+    """`context: full_history` in stage 2: segment i reads all i earlier stored estimates."""
+    torch.manual_seed(0)
+    ckpt = stage1_checkpoint(tmp_path / "full.ckpt", context="full_history")
+    module = DirectForcingModule(
+        init_checkpoint=str(ckpt), warmup_steps=1, **parts(context="full_history")
+    )
+    calls = record_segments(module)
+    fit(module, [3, 2], batch_size=2)  # ragged: the second video stops after 2 segments
+    frames = calls[0]["x"].shape[1]
+    assert [c["history"].shape[:2] for c in calls] == [(2, 0), (2, frames), (1, 2 * frames)]
+    torch.testing.assert_close(calls[1]["history"], calls[0]["stored"])
+    past = torch.cat((calls[0]["stored"][:1], calls[1]["stored"][:1]), dim=1)
+    torch.testing.assert_close(calls[2]["history"], past)
 
 
 @pytest.mark.parametrize(("per_step", "steps"), [(None, 2), (2, 4), (1, 6)])
