@@ -251,10 +251,13 @@ class DirectForcingModule(VideoModule):
         self.log("train/loss", mean, prog_bar=True, batch_size=b)
         self.log("train/segments", float(longest), batch_size=b)
         self.log("train/trainable_param_norm", self.trainable_norm(), batch_size=b)
-        dm = getattr(self.trainer, "datamodule", None)
-        cap = getattr(dm, "curriculum_max_segments", None)
-        if cap is not None:
-            self.log("train/curriculum_max_segments", float(cap), batch_size=b)
+        if getattr(getattr(self.trainer, "datamodule", None), "curriculum", None) is not None:
+            # What the curriculum drew: the longest video of the global batch (not the schedule's
+            # cap, which a pass still walking shorter videos has not reached yet).
+            self.log(
+                "train/curriculum_max_segments", float(longest), batch_size=b,
+                sync_dist=True, reduce_fx="max",
+            )  # fmt: skip
         self._log_skipped()
         return mean
 

@@ -2,6 +2,7 @@
 
 import fnmatch
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
@@ -273,6 +274,48 @@ class CapRecorder(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: dict, *a: Any) -> None:
         cap = trainer.datamodule.curriculum_max_segments
         self.caps.append((cap, int(batch["num_segments"].max())))
+
+
+class CurriculumData(L.LightningDataModule):
+    """In-memory videos behind the curriculum sampler, with VideoDataModule's schedule property."""
+
+    curriculum_max_segments = VideoDataModule.curriculum_max_segments
+
+    def __init__(self, lengths: list[int], curriculum: LengthCurriculum) -> None:
+        super().__init__()
+        self.curriculum = curriculum
+        self.train_set = SimpleNamespace(items=videos(lengths), lengths=lengths)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = CurriculumBatchSampler(self.train_set.lengths, 1, self.curriculum)
+        items = self.train_set.items
+        return DataLoader(items, batch_sampler=sampler, collate_fn=collate_videos)
+
+
+class DrawnRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, int]] = []  # (logged curriculum length, batch length)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: dict, *a: Any
+    ) -> None:
+        logged = float(trainer.callback_metrics["train/curriculum_max_segments"])
+        self.rows.append((logged, int(batch["num_segments"].max())))
+
+
+def test_logged_curriculum_length_is_the_batch_drawn(ckpt: Path) -> None:
+    """The pass walks three 1-segment videos before the 2-segment one although the schedule
+    admits 2 segments from batch 1 on: the log must show what was trained, not the schedule."""
+    lengths = [1, 1, 1, 2]
+    data = CurriculumData(lengths, LengthCurriculum(start_segments=1, grow_every=1))
+    rec = DrawnRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_steps=4, callbacks=[rec],
+    )  # fmt: skip
+    trainer.fit(stage2(ckpt), data)
+    assert [drawn for _, drawn in rec.rows] == [1, 1, 1, 2]  # the schedule's cap: 1, 2, 2, 2
+    assert [logged for logged, _ in rec.rows] == [1.0, 1.0, 1.0, 2.0]
 
 
 def test_resume_mid_curriculum_continues_at_saved_length(tmp_path: Path) -> None:
