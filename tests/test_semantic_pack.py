@@ -203,9 +203,13 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
         ]  # fmt: skip
         return main(args, run=False).model
 
-    assert build().semantic_pack.structure == "A"
-    f1 = build("f1_only.yaml")
+    memorypack = build()
+    assert memorypack.semantic_pack.structure == "A" and memorypack.dit.rope_layout == "absolute"
+    f1 = build("f1_only.yaml")  # FramePack-F1 as FramePack has it: per-window (relative) RoPE
     assert f1.semantic_pack is None and f1.dit.blocks[0].attn.memory_gate is None
+    assert f1.dit.rope_layout == "relative"
+    f1_rope = build("f1_rope.yaml")  # F1 + the paper's RoPE consistency, still no SemanticPack
+    assert f1_rope.semantic_pack is None and f1_rope.dit.rope_layout == "absolute"
     assert build("zero_memorypack.yaml").semantic_pack.psi_init == "zero"
     assert build("structure_b.yaml").semantic_pack.structure == "B"
     assert build("structure_c.yaml").semantic_pack.structure == "C"
