@@ -140,14 +140,50 @@ def test_ablation_variants_run_forward_and_backward(structure: str, psi_init: st
     pack = module.semantic_pack
     assert pack.squeeze.attn.q.weight.grad.abs().sum() > 0
     assert pack.memorize.embed.weight.grad.abs().sum() > 0
-    if structure == "C":
-        assert pack.enrich.weight.grad.abs().sum() > 0  # the enriched first query is used
+    if psi_init == "semantic":  # the unpooled (B, C) prompt tokens seed psi and are trained
+        assert pack.text_proj.weight.grad.abs().sum() > 0
     if psi_init == "zero":
         psi0 = pack.init(torch.randn(2, 5, 16), torch.randn(2, 1, 12, 8, 8))
-        assert psi0.shape == (2, M, 32) and not psi0.any()
+        assert psi0.shape == (2, M, 32) and not psi0.any()  # A's size: m tokens
         assert not hasattr(pack, "init_pool")
     with pytest.raises(ValueError, match="structure 'C' needs"):
         tiny_pack(structure="C")(torch.zeros(1, M, 32), torch.zeros(1, 4, 12, 8, 8))
+
+
+@pytest.mark.parametrize("structure", ["A", "B", "C"])
+def test_structures_carry_the_paper_token_counts(structure: str) -> None:
+    """App. A.1: A's query is the visual summary (m tokens); B's query is psi seeded by the text +
+    image tokens themselves (not pooled); C's first query is those tokens concatenated with the
+    first window's visual tokens, then B. psi's size differs per structure but is fixed over a
+    rollout, so each update costs the same."""
+    pack = tiny_pack(structure=structure, patch=(1, 2, 2)).eval()
+    text, image = torch.randn(2, 7, 16), torch.randn(2, 1, 12, 8, 8)
+    n_text, n_image = 7, 4 * 4  # 8 x 8 latent in 2 x 2 patches
+    size = {"A": M, "B": n_text + n_image, "C": n_text + n_image + M}[structure]
+    queries: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pack.squeeze.register_forward_pre_hook(lambda _, a: queries.append((a[0], a[1])))
+    segments = torch.randn(3, 2, 4, 12, 8, 8)
+    with torch.no_grad():
+        psi = psi0 = pack.init(text, image)
+        shapes = [psi.shape]
+        for n, segment in enumerate(segments):
+            psi = pack(psi, segment, step=n)
+            shapes.append(psi.shape)
+        visual = pack.memorize(segments[0])
+    assert shapes == [torch.Size([2, size, 32])] * 4
+    query, key_value = queries[0]
+    if structure == "A":
+        torch.testing.assert_close(query, visual)
+        torch.testing.assert_close(key_value, psi0)
+    else:  # B and C read the visual summary as key/value
+        torch.testing.assert_close(key_value, visual)
+    if structure == "B":
+        torch.testing.assert_close(query, psi0)
+    if structure == "C":  # text + image tokens, then the first window's visual tokens
+        torch.testing.assert_close(query, torch.cat((psi0[:, : n_text + n_image], visual), 1))
+        assert queries[1][0].shape[1] == size  # later steps: B's setting, query = psi_n
+    zero = tiny_pack(structure=structure, patch=(1, 2, 2), psi_init="zero")
+    assert zero.init(text, image).shape == (2, size, 32)  # zero-MemoryPack: the same size
 
 
 def record_sequence_lengths(module: VideoModule) -> list[int]:
