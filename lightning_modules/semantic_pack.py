@@ -32,7 +32,7 @@ PsiInit = Literal["semantic", "zero"]
 class MultiHeadAttention(nn.Module):
     """Attention from `query` [b, m, d] to `context` [b, n, d] with QK-RMSNorm (as in the DiT).
 
-    With `angles` (self-attention only, query is context) both q and k are rotated by 3D RoPE.
+    With `rotation` (self-attention only, query is context) q and k are rotated by 3D RoPE.
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -46,12 +46,12 @@ class MultiHeadAttention(nn.Module):
         self.k_norm = nn.RMSNorm(width // heads)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, query: Tensor, context: Tensor, angles: Tensor | None = None) -> Tensor:
+    def forward(self, query: Tensor, context: Tensor, rotation: Tensor | None = None) -> Tensor:
         q = self.q_norm(rearrange(self.q(query), "b m (h d) -> b h m d", h=self.heads))
         k, v = rearrange(self.kv(context), "b n (two h d) -> two b h n d", two=2, h=self.heads)
         k = self.k_norm(k)
-        if angles is not None:
-            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        if rotation is not None:
+            q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(rearrange(out, "b h m d -> b m (h d)"))
 
@@ -149,7 +149,7 @@ class Memorize(nn.Module):
         x = rearrange(tok, "b (n f) h w d -> (b n) (f h w) d", f=window)
         t_local = torch.arange(window, device=segment.device)[None]
         pos = rearrange(grid_positions(t_local, h, w), "b three f h w -> b (f h w) three")
-        x = x + self.attn(self.norm1(x), self.norm1(x), angles=self.rope(pos))
+        x = x + self.attn(self.norm1(x), self.norm1(x), rotation=self.rope(pos))
         x = x + self.mlp(self.norm2(x))
         return self.reduce(rearrange(x, "(b n) l d -> b (n l) d", b=b))
 
