@@ -19,6 +19,7 @@ from lightning_modules.codec import SpaceToDepthCodec
 from lightning_modules.direct_forcing import DirectForcingModule
 from lightning_modules.dit import VideoDiT
 from lightning_modules.frame_pack import gather_history
+from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule
 from train import main
@@ -28,16 +29,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parts(
     width: int = 32, patch: int = 2, channels: int = 12, text_dim: int = 16,
-    context: str = "framepack",
+    context: str = "framepack", memory: bool = False,
 ) -> dict:  # fmt: skip
     dit = VideoDiT(
         latent_channels=channels, text_dim=text_dim, width=width, depth=1, heads=2,
         frame_pack=(1, 2, 4), context=context,
     )  # fmt: skip
+    pack = SemanticPack(
+        latent_channels=channels, text_dim=text_dim, width=width, memory_tokens=4, heads=2,
+        window_frames=2,
+    )  # fmt: skip
     return {
         "dit": dit,
         "codec": SpaceToDepthCodec(patch),
         "text_encoder": HashTextEncoder(text_dim),
+        **({"semantic_pack": pack} if memory else {}),
     }
 
 
@@ -96,14 +102,22 @@ class Recorder(L.Callback):
         self.modes.append((any(m.training for m in frozen), module.dit.head.training, len(frozen)))
 
 
-def record_segments(module: DirectForcingModule) -> list[dict[str, torch.Tensor]]:
-    """Wrap flow_loss and store_history so a test sees what the loss used and what was stored."""
-    calls: list[dict[str, torch.Tensor]] = []
+def record_segments(module: DirectForcingModule) -> list[dict[str, Any]]:
+    """Wrap flow_loss and store_history so a test sees what the loss used and what was stored.
+
+    Each call also keeps its arguments and the global RNG state before and after it (the loss
+    draws t and eps from it; the student sampler then draws its noise), so a test can redo it.
+    """
+    calls: list[dict[str, Any]] = []
     flow_loss = module.flow_loss
 
     def wrapped(x: torch.Tensor, seg: torch.Tensor, history: torch.Tensor, *a: Any) -> tuple:
+        before = torch.get_rng_state()
         out = flow_loss(x, seg, history, *a)
-        calls.append({"x": x, "history": history.clone(), "x_t": out[1], "t": out[2], "v": out[3]})
+        calls.append({
+            "x": x, "history": history.clone(), "x_t": out[1], "t": out[2], "v": out[3],
+            "args": (x, seg, history.clone(), *a), "rng": before, "rng_after": torch.get_rng_state(),
+        })  # fmt: skip
         return out
 
     module.flow_loss = wrapped  # type: ignore[method-assign]
@@ -153,13 +167,48 @@ def test_stored_history_is_the_one_step_estimate_or_the_truth(ckpt: Path, mode: 
         torch.testing.assert_close(calls[2]["history"], gather_history(truth, start, 7))
 
 
+def test_semantic_pack_memory_runs_on_the_one_step_estimate(tmp_path: Path) -> None:
+    """MemoryPack in stage 2: psi_0 from prompt + image, then psi_{i+1} = SemanticPack(psi_i,
+    x~^i) with the stored one-step estimate (Eq. 1 on inference-like history), not the truth."""
+    torch.manual_seed(0)
+    ckpt = stage1_checkpoint(tmp_path / "memorypack.ckpt", memory=True)
+    module = DirectForcingModule(
+        init_checkpoint=str(ckpt), warmup_steps=1, prompt_dropout=0.0, **parts(memory=True)
+    )
+    calls = record_segments(module)
+    fit(module, [3], max_steps=1)
+    pack = module.semantic_pack  # frozen: the step left it unchanged
+    text, image = module.text_encoder(["clip 0"]), calls[0]["args"][3]
+    with torch.no_grad():
+        psi = pack.init(text[0], image)
+        for i, call in enumerate(calls):
+            torch.testing.assert_close(call["args"][5], psi)
+            truth = pack(psi, call["x"], step=i)
+            psi = pack(psi, call["stored"], step=i)
+            assert not torch.allclose(psi, truth, atol=1e-4)  # the estimate is what counts
+    assert len(calls) == 3 and not torch.allclose(calls[2]["args"][5], calls[0]["args"][5])
+
+
 def test_student_history_runs_the_sampler(ckpt: Path) -> None:
+    """The stored history is k Euler steps (Eq. 6) from fresh noise, with the weights that
+    produced the segment's loss: redone here by hand from the same noise."""
     module = stage2(ckpt, history="student", student_steps=2)
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
     calls = record_segments(module)
     fit(module, [2], max_steps=1)
-    estimate = rf.one_step_estimate(calls[0]["x_t"], calls[0]["v"], calls[0]["t"])
-    assert not torch.allclose(calls[0]["stored"], estimate, atol=1e-4)
-    assert not torch.allclose(calls[0]["stored"], calls[0]["x"], atol=1e-4)
+    module.load_state_dict(weights)  # the step came after both segments' histories
+    call = calls[0]
+    x, seg, history, image, text, psi = call["args"][:6]
+    torch.set_rng_state(call["rng_after"])  # the sampler's noise is the next draw
+    sample = torch.randn_like(x)
+    with torch.no_grad():
+        for t in (0.0, 0.5):  # 2 Euler steps of dt = 1/2 from t = 0 (noise) to 1 (data)
+            v = module.dit(sample, torch.full((1,), t), seg, history, image, *text, memory=psi)
+            sample = sample + 0.5 * v
+    torch.testing.assert_close(call["stored"], sample)
+    estimate = rf.one_step_estimate(call["x_t"], call["v"], call["t"])
+    assert not torch.allclose(call["stored"], estimate, atol=1e-4)
+    assert not torch.allclose(call["stored"], call["x"], atol=1e-4)
 
 
 def test_full_history_context_conditions_on_every_stored_segment(tmp_path: Path) -> None:
@@ -178,12 +227,44 @@ def test_full_history_context_conditions_on_every_stored_segment(tmp_path: Path)
     torch.testing.assert_close(calls[2]["history"], past)
 
 
-@pytest.mark.parametrize(("per_step", "steps"), [(None, 2), (2, 4), (1, 6)])
+class GradientProbe(L.Callback):
+    """Checks, before every optimizer step, that the accumulated gradient of the trainable
+    parameters is the sum over the window's segments of grad(segment loss) / window size."""
+
+    def __init__(self, calls: list[dict[str, Any]], flow_loss: Any) -> None:
+        self.calls, self.flow_loss = calls, flow_loss
+        self.done = 0  # calls already checked (earlier windows)
+        self.windows: list[int] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: Any, optimizer: Any) -> None:
+        params = [p for p in module.parameters() if p.requires_grad]
+        window = self.calls[self.done :]
+        self.done = len(self.calls)
+        self.windows.append(len(window))
+        state = torch.get_rng_state()
+        expected = [torch.zeros_like(p) for p in params]
+        for call in window:  # redo each segment's loss: same inputs, same t and eps draws
+            torch.set_rng_state(call["rng"])
+            with torch.enable_grad():
+                loss = self.flow_loss(*call["args"])[0]
+                grads = torch.autograd.grad(loss, params)
+            expected = [e + g / len(window) for e, g in zip(expected, grads, strict=True)]
+        torch.set_rng_state(state)
+        assert all(e.abs().sum() > 0 for e in expected)  # every trainable tensor gets gradient
+        for p, e in zip(params, expected, strict=True):
+            torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(("per_step", "windows"), [(None, [3, 3]), (2, [2, 1, 2, 1]), (1, [1] * 6)])
 def test_one_optimizer_step_per_video_or_window(
-    ckpt: Path, per_step: int | None, steps: int
+    ckpt: Path, per_step: int | None, windows: list[int]
 ) -> None:
-    trainer = fit(stage2(ckpt, segments_per_step=per_step), [3, 3])
-    assert trainer.global_step == steps
+    module = stage2(ckpt, segments_per_step=per_step)
+    flow_loss = module.flow_loss
+    probe = GradientProbe(record_segments(module), flow_loss)
+    trainer = fit(module, [3, 3], callbacks=[probe])
+    assert trainer.global_step == len(windows)
+    assert probe.windows == windows  # the segments each step accumulated
 
 
 def test_ddp_all_reduces_once_per_optimizer_step(ckpt: Path) -> None:

@@ -10,7 +10,7 @@ from lightning_modules.codec import SpaceToDepthCodec
 from lightning_modules.dit import VideoDiT
 from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.text_encoder import HashTextEncoder
-from lightning_modules.video_module import VideoModule
+from lightning_modules.video_module import VideoModule, to_uint8
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,13 +199,26 @@ def record_sequence_lengths(module: VideoModule) -> list[int]:
 
 
 def test_rollout_of_20_segments_has_constant_token_count() -> None:
+    """Constant tokens per segment, while every segment still conditions on the last generated
+    ones (FramePack history) and on psi updated with each of them (Eq. 1 over the rollout)."""
     module = tiny_module(tiny_pack(), sample_steps=1).eval()
+    perturb(module)
     lengths = record_sequence_lengths(module)
+    calls = record_dit_calls(module)
     image = torch.rand(1, 3, 16, 16) * 2 - 1
     video = module.generate(image, ["a red circle"], num_segments=20, frames_per_segment=4)
     assert video.shape[1] == 80 and len(lengths) == 20
     text_tokens = module.text_encoder.max_tokens
     assert set(lengths) == {module.dit.tokens_per_segment(4, 8, 8, text_tokens) + M}
+    pack, codec = module.semantic_pack, module.codec
+    for k in range(1, 20):
+        history, previous = calls[k]["history"], calls[k - 1]["history"]
+        newest = history[:, -4:]  # the segment generated just before: what the video shows
+        assert torch.equal(to_uint8(codec.decode(newest)), video[:, 4 * (k - 1) : 4 * k])
+        torch.testing.assert_close(history[:, :-4], previous[:, 4:])  # and the buffer slides
+        with torch.no_grad():
+            psi = pack(calls[k - 1]["memory"], newest, step=k - 1)
+        torch.testing.assert_close(calls[k]["memory"], psi, atol=1e-5, rtol=1e-4)
     # The quadratic baseline is a mode of the same DiT: its sequence grows every segment.
     full = tiny_module(None, sample_steps=1, context="full_history").eval()
     grown = record_sequence_lengths(full)
