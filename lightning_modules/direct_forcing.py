@@ -23,6 +23,7 @@ loss and the step size does not grow with video length.
 import contextlib
 import fnmatch
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,17 @@ from lightning_modules.text_encoder import TextEncoder
 from lightning_modules.video_module import VideoModule
 
 HistoryMode = Literal["teacher", "direct", "student"]
+
+
+@dataclass
+class SegmentLoss:
+    """One segment of a video batch: its loss and its place in the accumulation window."""
+
+    index: int  # segment i of the videos
+    loss: Tensor  # Eq. 5, mean over the videos that have segment i
+    window: int  # segments in its accumulation window: the backward divides the loss by it
+    last: bool  # the window's last segment: the optimizer steps after its backward
+    videos: int  # videos that have segment i (a ragged batch's shorter videos are done)
 
 
 # ----------------------------------------------------------------- stage-1 weights (Sec. 4.1)
@@ -196,12 +208,11 @@ class DirectForcingModule(VideoModule):
             velocity, noise, self.hparams.student_steps, shift=self.hparams.sample_shift
         )
 
-    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
-        """All segments of the batch's videos, oldest first; steps every accumulation window."""
-        if batch is None:
-            return None
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
+    def video_segments(self, batch: dict[str, Any]) -> Iterator[SegmentLoss]:
+        """The batch's videos segment by segment, oldest first (Sec. 3.2): yields each segment's
+        loss once the history that later segments condition on has been stored from the same
+        forward (detached), so the caller may backpropagate and step the optimizer in between.
+        """
         latents, frames = self.batch_latents(batch)  # pre-encoded when the latent cache is on
         num = batch["num_segments"].to(latents.device)
         image = self.batch_image_latent(batch)
@@ -213,7 +224,6 @@ class DirectForcingModule(VideoModule):
             psi = self.init_memory(text, image)
         longest = int(num.max())
         window = self.hparams.segments_per_step or longest
-        losses = []
         for i in range(longest):
             active = num > i  # shorter videos of a ragged batch are done (their tail is padding)
             rows = slice(None) if bool(active.all()) else active
@@ -222,11 +232,6 @@ class DirectForcingModule(VideoModule):
             sub_text = (text[0][rows], text[1][rows])
             sub_psi = None if psi is None else psi[rows]
             loss, x_t, t, v = self.flow_loss(x, seg, history[rows], image[rows], sub_text, sub_psi)
-            start = i - i % window
-            in_window = min(window, longest - start)
-            last = i == start + in_window - 1
-            with self._sync_gradients(last):
-                self.manual_backward(loss / in_window)
             # The history comes from the weights that produced this loss, before any step.
             with torch.no_grad():  # history and memory never carry gradients across segments
                 vel = self.velocity_fn(seg, history[rows], image[rows], sub_text, None, sub_psi)
@@ -239,14 +244,29 @@ class DirectForcingModule(VideoModule):
                     psi = psi.clone()
                     psi[rows] = self.update_memory(sub_psi, new, step=i)
             self.store_history(i, new)
-            if last:
+            start = i - i % window
+            in_window = min(window, longest - start)
+            yield SegmentLoss(i, loss, in_window, i == start + in_window - 1, x.shape[0])
+
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
+        """All segments of the batch's videos, oldest first; steps every accumulation window."""
+        if batch is None:
+            return None
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        losses = []
+        for segment in self.video_segments(batch):
+            with self._sync_gradients(segment.last):
+                self.manual_backward(segment.loss / segment.window)
+            if segment.last:
                 if self.hparams.gradient_clip_val is not None:
                     self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
-            losses.append(loss.detach())
-            self.log(f"train/loss_seg_{i}", loss.detach(), batch_size=x.shape[0])
+            losses.append(segment.loss.detach())
+            self.log(f"train/loss_seg_{segment.index}", losses[-1], batch_size=segment.videos)
+        b, longest = len(batch["caption"]), len(losses)
         mean = torch.stack(losses).mean()
         self.log("train/loss", mean, prog_bar=True, batch_size=b)
         self.log("train/segments", float(longest), batch_size=b)
