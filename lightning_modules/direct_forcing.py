@@ -24,7 +24,6 @@ import contextlib
 import fnmatch
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -36,6 +35,12 @@ from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec
 from lightning_modules.dit import VideoDiT
 from lightning_modules.parallel import no_backward_sync
+from lightning_modules.semantic_pack import SemanticPack
+from lightning_modules.stage1_checkpoint import (
+    load_stage1_weights,
+    read_checkpoint,
+    resolve_architecture,
+)
 from lightning_modules.text_encoder import TextEncoder
 from lightning_modules.video_module import VideoModule
 
@@ -53,48 +58,16 @@ class SegmentLoss:
     videos: int  # videos that have segment i (a ragged batch's shorter videos are done)
 
 
-# ----------------------------------------------------------------- stage-1 weights (Sec. 4.1)
-def load_stage1_weights(module: torch.nn.Module, path: str) -> None:
-    """Copy a stage-1 checkpoint into `module`; one error lists everything that does not match."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"init_checkpoint {str(file)!r} does not exist: stage 2 starts from stage-1 weights; "
-            "train stage 1 first (python train.py fit --config configs/stage1.yaml) and point "
-            "model.init_args.init_checkpoint at its last.ckpt"
-        )
-    # A full unpickle, as Lightning's own `--ckpt_path` does: a stage-1 run outside the CLI stores
-    # its networks in the hyperparameters. Only load checkpoints you trust.
-    ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"init_checkpoint {path!r} holds no state_dict of tensors")
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"{name} ({len(items)}): {', '.join(items)}"
-                 for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", shapes)) if items]  # fmt: skip
-        raise ValueError(
-            f"init_checkpoint {path!r} does not match this model's architecture (the dit/"
-            "codec/text_encoder config must equal stage 1's): " + "; ".join(parts)
-        )
-    module.load_state_dict(state, strict=True)
-
-
 class DirectForcingModule(VideoModule):
     """Stage 2: Direct Forcing on a frozen stage-1 backbone.
 
     Args:
-        dit, codec, text_encoder: the stage-1 architecture (must match `init_checkpoint`).
-        init_checkpoint: stage-1 checkpoint whose weights are loaded at construction. Not
-            `--ckpt_path`, which resumes a run (and then replaces these weights afterwards).
+        dit, codec, text_encoder, semantic_pack: the stage-1 architecture. None (the default,
+            and what configs/stage2_direct_forcing.yaml leaves them) rebuilds stage 1's from
+            `init_checkpoint`'s saved hyperparameters; a part given must equal stage 1's.
+        init_checkpoint: stage-1 checkpoint whose architecture and weights are loaded at
+            construction. Not `--ckpt_path`, which resumes a run (and then replaces these
+            weights afterwards).
         trainable: fnmatch patterns of parameter names that train; the rest is frozen and kept
             in eval mode. Default: the final (adaLN) norm + output linear, `dit.head.*` (A.2).
         history: what later segments condition on: `teacher` (ground truth, stage-1 style),
@@ -106,10 +79,12 @@ class DirectForcingModule(VideoModule):
 
     def __init__(
         self,
-        dit: VideoDiT,
+        dit: VideoDiT | None = None,
+        *,
         init_checkpoint: str,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
+        semantic_pack: SemanticPack | None = None,
         trainable: tuple[str, ...] = ("dit.head.*",),
         history: HistoryMode = "direct",
         student_steps: int = 5,
@@ -117,7 +92,12 @@ class DirectForcingModule(VideoModule):
         gradient_clip_val: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dit, codec, text_encoder, **kwargs)
+        ckpt = read_checkpoint(init_checkpoint)
+        given = {"dit": dit, "codec": codec, "text_encoder": text_encoder}
+        parts = resolve_architecture(
+            ckpt, init_checkpoint, {**given, "semantic_pack": semantic_pack}
+        )
+        super().__init__(**parts, **kwargs)
         if history not in ("teacher", "direct", "student"):
             raise ValueError(f"history must be teacher, direct or student, got {history!r}")
         if student_steps < 1:
@@ -129,7 +109,7 @@ class DirectForcingModule(VideoModule):
         self.trainable_patterns = list(trainable)
         # Weights load here, at construction: a run resumed with --ckpt_path restores its own
         # weights afterwards, so the stage-1 file must exist but its values are then replaced.
-        load_stage1_weights(self, init_checkpoint)
+        load_stage1_weights(self, ckpt, init_checkpoint)
         self._freeze()
         self.train(self.training)  # frozen parts start in eval; every later train() keeps them so
         self.automatic_optimization = False  # segments accumulate; we decide when to step

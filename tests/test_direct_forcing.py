@@ -8,6 +8,7 @@ from typing import Any
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
@@ -20,6 +21,7 @@ from lightning_modules.direct_forcing import DirectForcingModule
 from lightning_modules.dit import VideoDiT
 from lightning_modules.frame_pack import gather_history
 from lightning_modules.semantic_pack import SemanticPack
+from lightning_modules.stage1_checkpoint import architecture_of
 from lightning_modules.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule
 from train import main
@@ -66,9 +68,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def stage2(ckpt: Path, **kwargs: Any) -> DirectForcingModule:
-    return DirectForcingModule(
-        init_checkpoint=str(ckpt), warmup_steps=1, lr=1e-2, **parts(), **kwargs
-    )
+    """Stage 2 on the checkpoint's architecture (its saved hyperparameters hold the modules)."""
+    return DirectForcingModule(init_checkpoint=str(ckpt), warmup_steps=1, lr=1e-2, **kwargs)
 
 
 def videos(lengths: list[int], t: int = 2, size: int = 8) -> list[dict]:
@@ -335,17 +336,46 @@ def test_curriculum_shards_equal_length_batches_across_ranks() -> None:
 def test_missing_or_mismatched_stage1_checkpoint_fails_clearly(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist: stage 2 starts from stage-1"):
         stage2(tmp_path / "nope.ckpt")
-    wide = stage1_checkpoint(tmp_path / "wide.ckpt", width=16)
-    with pytest.raises(ValueError, match=r"shape mismatches .*dit.x_embed.weight: checkpoint"):
-        stage2(wide)
     state = torch.load(ckpt, weights_only=False)["state_dict"]
+    torch.save({"state_dict": state}, tmp_path / "bare.ckpt")  # weights only, no hyperparameters
+    with pytest.raises(ValueError, match="no saved hyperparameters .* pass dit"):
+        stage2(tmp_path / "bare.ckpt")
+    assert stage2(tmp_path / "bare.ckpt", **parts()).dit.width == 32  # explicit: used as given
+    with pytest.raises(ValueError, match=r"shape mismatches .*dit.x_embed.weight: checkpoint"):
+        stage2(tmp_path / "bare.ckpt", **parts(width=16))
     state["dit.extra"] = torch.zeros(1)
     del state["dit.head.linear.bias"]
     torch.save({"state_dict": state}, tmp_path / "keys.ckpt")
     with pytest.raises(ValueError, match=r"missing keys \(1\): dit.head.linear.bias; unexpected"):
-        stage2(tmp_path / "keys.ckpt")
+        stage2(tmp_path / "keys.ckpt", **parts())
     with pytest.raises(ValueError, match="trainable pattern 'dit.nothing.\\*' matches no"):
         stage2(ckpt, trainable=["dit.nothing.*"])
+
+
+def test_architecture_comes_from_the_checkpoint_and_overrides_must_match(ckpt: Path) -> None:
+    """A stage-1 run outside the CLI saves its modules in the hyperparameters: stage 2 rebuilds
+    them; an explicit part equal to stage 1's is accepted, a different one is refused, also where
+    the weights' shapes agree (RoPE layout and base)."""
+    stage1 = torch.load(ckpt, weights_only=False)["hyper_parameters"]
+    module = stage2(ckpt)
+    for part in ("dit", "codec", "text_encoder"):
+        assert architecture_of(getattr(module, part)) == architecture_of(stage1[part]), part
+    assert module.semantic_pack is None  # stage 1 had none
+    same = parts()
+    assert stage2(ckpt, **same).dit is same["dit"]  # equal to stage 1's: used as given
+    relative = parts()["dit"]
+    relative.rope_layout = "relative"
+    with pytest.raises(ValueError, match="dit.rope_layout: given 'relative', stage 1 'absolute'"):
+        stage2(ckpt, dit=relative)
+    theta = VideoDiT(
+        latent_channels=12, text_dim=16, width=32, depth=1, heads=2, frame_pack=(1, 2, 4),
+        rope_theta=500.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="dit.rope.inv_freq_t: given"):
+        stage2(ckpt, dit=theta)
+    pack = SemanticPack(latent_channels=12, text_dim=16, width=32, memory_tokens=4, heads=2)
+    with pytest.raises(ValueError, match="semantic_pack: given SemanticPack, stage 1 None"):
+        stage2(ckpt, semantic_pack=pack)
 
 
 class CapRecorder(L.Callback):
@@ -434,31 +464,55 @@ def test_resume_mid_curriculum_continues_at_saved_length(tmp_path: Path) -> None
         assert rec.caps[0][1] == lengths[saved["queue"][0]]
 
 
-def test_cli_stage2_fast_dev_run(tmp_path: Path) -> None:
-    """The README sequence: stage 1 through the CLI, then stage 2 from its last.ckpt."""
-    common = [
-        "--config", str(ROOT / "tests/configs/tiny.yaml"),
-        f"--data.init_args.data_dir={tmp_path / 'data'}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+def test_cli_stage2_takes_its_architecture_from_stage1(tmp_path: Path) -> None:
+    """The README sequence: stage 1 through the CLI, then stage 2 from its last.ckpt with a config
+    that names no architecture; then the stage-2 run resumed with `fit --ckpt_path`."""
+    stage2_config = yaml.safe_load((ROOT / "configs/stage2_direct_forcing.yaml").read_text())
+    architecture = {"dit", "codec", "text_encoder", "semantic_pack"}
+    assert not architecture & set(stage2_config["model"]["init_args"])  # no copy to drift
+    run = [
+        f"--data.init_args.data_dir={tmp_path / 'data'}", "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.limit_val_batches=0",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_last=true",
     ]  # fmt: skip
     stage1 = main([
-        "fit", "--config", str(ROOT / "configs/stage1.yaml"), *common, "--trainer.max_steps=1",
-        "--trainer.limit_val_batches=0",
+        "fit", "--config", str(ROOT / "configs/stage1.yaml"),
+        "--config", str(ROOT / "tests/configs/tiny.yaml"), *run, "--trainer.max_steps=1",
+        f"--trainer.callbacks.dirpath={tmp_path / 's1'}",
     ])  # fmt: skip
     ckpt1 = stage1.trainer.checkpoint_callback.last_model_path
     assert Path(ckpt1).is_file()
-    cli = main([
-        "fit",
+    stage2_args = [
         "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
-        *common,
-        f"--model.init_args.init_checkpoint={ckpt1}",
-        "--trainer.fast_dev_run=1",
-    ])  # fmt: skip
+        "--config", str(ROOT / "tests/configs/tiny_stage2.yaml"), *run,
+        f"--model.init_args.init_checkpoint={ckpt1}", f"--trainer.callbacks.dirpath={tmp_path / 's2'}",
+    ]  # fmt: skip
+    cli = main(["fit", *stage2_args, "--trainer.max_steps=1"])
     assert isinstance(cli.model, DirectForcingModule)
     assert cli.trainer.global_step == 1
+    for part in architecture:  # stage 1's tiny architecture, not a default or a copy
+        assert architecture_of(getattr(cli.model, part)) == architecture_of(
+            getattr(stage1.model, part)
+        ), part
+    assert cli.model.dit.width == 32 and cli.model.semantic_pack.memory_tokens == 4
     metrics = cli.trainer.callback_metrics
     assert {"train/loss", "train/loss_seg_0", "train/trainable_param_norm"} <= set(metrics)
     shortest = min(cli.datamodule.train_set.lengths)  # the curriculum starts at the shortest
     assert metrics["train/curriculum_max_segments"] == shortest
     assert metrics["train/segments"] == shortest
+    # A resumed stage-2 run rebuilds the module from its own saved hyperparameters.
+    last2 = cli.trainer.checkpoint_callback.last_model_path
+    resumed = main(["fit", *stage2_args, "--trainer.max_steps=2", f"--ckpt_path={last2}"])
+    assert resumed.trainer.global_step == 2
+    # An explicit architecture must equal the checkpoint's; a different setting is refused.
+    dit = stage1.model.hparams["dit"]
+    overrides = {}
+    for layout in ("absolute", "relative"):
+        override = {"dit": {**dit, "init_args": {**dit["init_args"], "rope_layout": layout}}}
+        overrides[layout] = tmp_path / f"{layout}.yaml"
+        overrides[layout].write_text(yaml.safe_dump({"model": {"init_args": override}}))
+    same = main([*stage2_args, "--config", str(overrides["absolute"])], run=False)
+    assert same.model.dit.rope_layout == "absolute"
+    with pytest.raises(ValueError, match="dit.rope_layout: given 'relative', stage 1 'absolute'"):
+        main([*stage2_args, "--config", str(overrides["relative"])], run=False)

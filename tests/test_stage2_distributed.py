@@ -40,7 +40,7 @@ def command(tmp: Path, name: str, strategy: str, ckpt: Path, *extra: str) -> lis
     return [
         sys.executable, "train.py", "fit",
         "--config", "configs/stage2_direct_forcing.yaml",
-        "--config", "tests/configs/tiny.yaml",
+        "--config", "tests/configs/tiny_stage2.yaml",
         "--config", f"configs/strategy/{strategy}.yaml",  # before the CPU overrides below
         f"--data.init_args.data_dir={tmp / name / 'data'}",
         f"--model.init_args.init_checkpoint={ckpt}",
@@ -67,7 +67,7 @@ def check_against_single_process(tmp: Path, ckpt: Path, probe: Path) -> None:
     assert all(torch.equal(end[0][k], end[1][k]) for k in end[0])  # replicas stayed equal
     cli = main([
         "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
-        "--config", str(ROOT / "tests/configs/tiny.yaml"),
+        "--config", str(ROOT / "tests/configs/tiny_stage2.yaml"),
         f"--data.init_args.data_dir={tmp / 'ddp' / 'data'}",
         f"--model.init_args.init_checkpoint={ckpt}", "--trainer.logger=false",
     ], run=False)  # fmt: skip

@@ -43,9 +43,9 @@ class Crash(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def common(tmp: Path, name: str) -> list[str]:
+def common(tmp: Path, name: str, tiny: str = "tiny.yaml") -> list[str]:
     return [
-        "--config", str(ROOT / "tests/configs/tiny.yaml"),
+        "--config", str(ROOT / "tests/configs" / tiny),
         f"--data.init_args.data_dir={tmp / 'data'}",
         "--data.init_args.num_train_videos=6",  # lengths 2-4 here: several per pass
         "--data.init_args.max_segments=4",
@@ -62,7 +62,7 @@ def stage2(tmp: Path, stage1: str, name: str, ckpt: Path | None, callbacks: list
     cli = main(
         [
             "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
-            *common(tmp, name),
+            *common(tmp, name, "tiny_stage2.yaml"),  # the architecture: stage 1's checkpoint
             "--trainer.callbacks.every_n_train_steps=1",
             f"--model.init_args.init_checkpoint={stage1}",
             f"--trainer.max_steps={STEPS}",
