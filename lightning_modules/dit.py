@@ -224,7 +224,7 @@ class VideoDiT(nn.Module):
         noisy [b, T, c, h, w] at time t [b]; segment_index [b] (which segment of the video);
         history [b, K, c, h, w] the K latent frames before the segment, oldest first, zeros where
         the video has none (any K >= 0 in `full_history` mode); image [b, 1, c, h, w] the reference latent; text [b, n, text_dim]
-        with text_mask [b, n] (used for pooling); memory [b, m, width] SemanticPack's psi_n.
+        with text_mask [b, n] (used for pooling); memory [b, n_psi, width] SemanticPack's psi_n.
         """
         b, frames, _, h, w = noisy.shape
         hist_t, noisy_t = frame_indices(segment_index, frames, history.shape[1], self.rope_layout)

@@ -271,7 +271,7 @@ class SemanticPack(nn.Module):
 
     # ----------------------------------------------------------------- Eq. 1
     def forward(self, psi: Tensor, segment: Tensor, step: int | None = None) -> Tensor:
-        """psi_{n+1} from psi_n [b, m, d] and segment x^n [b, T, c, h, w]; `step` is n."""
+        """psi_{n+1} from psi_n [b, n_psi, d] and segment x^n [b, T, c, h, w]; `step` is n."""
         return self.squeeze_step(psi, self.memorize(segment), step)
 
     def squeeze_step(self, psi: Tensor, visual: Tensor, step: int | None = None) -> Tensor:
