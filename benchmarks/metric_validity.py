@@ -6,9 +6,10 @@
 Clean videos come from the embedded renderer (`datamodules/synthetic.py: render_video`, seeds
 500, 501, ...) at each size; `eval/validity.py` applies the degradations at three strengths and
 judges each check (README "Evaluation" explains the expectations). The default backends are
-judged (with `--backends` overrides, e.g. the previous defaults
-`--backends imaging=laplacian flow=opencv_dis --extra`), then each `--extra` backend (default: the previous defaults `imaging=laplacian` and
-`flow=opencv_dis`, and NIQE with the natural-image model `imaging=niqe`) on the rows of its role.
+judged first (with `--backends` overrides; the previous defaults, the README's "before" table:
+`--backends imaging=laplacian flow=opencv_dis --extra`), then each `--extra` backend on the rows
+of its role (default: the previous defaults `imaging=laplacian` and `flow=opencv_dis`, and NIQE
+with the natural-image model `imaging=niqe`).
 Cells show the degraded videos' mean minus the baseline's mean per strength (for `zero`, `one`,
 `near_zero` rows: the degraded mean itself). Deterministic: no timing, no sampling.
 """
