@@ -108,10 +108,13 @@ def test_rollout_of_three_segments_with_temporal_factor_4(stage1: tuple) -> None
         lambda m, a: calls.append((a[0].shape[1], int(a[2][0]), a[3].clone())), with_kwargs=False
     )
     update = model.update_memory
-    model.update_memory = lambda psi, seg, step=None: (
-        segments.append(seg),
-        update(psi, seg, step),
-    )[1]
+
+    def record(psi: torch.Tensor | None, seg: torch.Tensor, step: int | None = None) -> object:
+        if psi is not None:  # the conditional psi (CFG's null psi is None at cfg_scale 1)
+            segments.append(seg)
+        return update(psi, seg, step)
+
+    model.update_memory = record
     image = torch.rand(1, 3, 32, 32) * 2 - 1
     try:
         video = model.generate(image, ["a red circle"], 3, frames_per_segment=8)
