@@ -30,12 +30,10 @@ process: under DDP/FSDP per-device throughput is this figure minus communication
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import math
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -44,16 +42,14 @@ from typing import Any
 
 import lightning as L
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
+from benchmarks import shipped_model
 from benchmarks.flop_count import attention_flops, count_flops, flop_counter, peak_flops
-from lightning_modules.direct_forcing import DirectForcingModule
 from lightning_modules.video_module import VideoModule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 TRAINER_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed"}
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def sync(device: torch.device) -> None:
@@ -84,34 +80,14 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 1024) -> floa
 
 
 # ----------------------------------------------------------------- the shipped model
-def size_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """A config fragment composed after `--config`: only sizes, checkpointing and compile."""
-    dit: dict[str, Any] = {"grad_checkpointing": args.grad_checkpointing}
-    pack: dict[str, Any] = {}
-    for key in ("width", "heads"):  # SemanticPack's width must equal the DiT's
-        if getattr(args, key) is not None:
-            dit[key] = pack[key] = getattr(args, key)
-    if args.depth is not None:
-        dit["depth"] = args.depth
-    init: dict[str, Any] = {"dit": {"init_args": dit}, "compile": args.compile}
-    if pack:
-        init["semantic_pack"] = {"init_args": pack}
-    return {"model": {"init_args": init}}
-
-
 def build_stage1(args: argparse.Namespace) -> VideoModule:
-    """`train.build_model(--config, size overrides)`: the shipped stage-1 model, on CPU."""
-    from train import build_model  # the repository root (PYTHONPATH=.) holds train.py
+    """The model of `--config` (configs/stage1.yaml), only sizes overridden, on CPU."""
+    return shipped_model.build_stage1(args.config, **sizes(args))
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sizes = Path(tmp) / "sizes.yaml"
-        sizes.write_text(yaml.safe_dump(size_overrides(args)))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # LightningCLI's notes about the unused Trainer
-            model = build_model(str(args.config), str(sizes))
-    if type(model) is not VideoModule:
-        raise ValueError(f"{args.config} builds a {type(model).__name__}, not a stage-1 model")
-    return model
+
+def sizes(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("width", "depth", "heads", "grad_checkpointing", "compile")
+    return {k: getattr(args, k) for k in keys}
 
 
 def random_batch(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -248,15 +224,7 @@ def measure_stage2(
     stage1 = build_stage1(args)
     batch = random_batch(args, torch.device("cpu"))  # the Trainer moves it to `device`
     tokens = segment_tokens(stage1, batch, args) * args.segments  # every segment of the video
-    with tempfile.TemporaryDirectory() as tmp:
-        ckpt = Path(tmp) / "stage1.ckpt"
-        torch.save({"state_dict": stage1.state_dict()}, ckpt)
-        parts = {k: copy.deepcopy(getattr(stage1, k))
-                 for k in ("dit", "codec", "text_encoder", "semantic_pack")}  # fmt: skip
-        module = DirectForcingModule(
-            init_checkpoint=str(ckpt), prompt_dropout=stage1.hparams.prompt_dropout,
-            compile=args.compile, **parts,
-        )  # fmt: skip
+    module = shipped_model.build_stage2(stage1, compile=args.compile)
     warmup = args.warmup + (2 if args.grad_checkpointing else 1)  # + the FLOP-counted steps
     timer = StepTimer(warmup, args.grad_checkpointing)
     trainer = L.Trainer(
@@ -274,7 +242,7 @@ def measure_stage2(
 # ----------------------------------------------------------------- report
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--config", type=Path, default=ROOT / "configs/stage1.yaml")
+    p.add_argument("--config", type=Path, default=shipped_model.STAGE1_CONFIG)
     p.add_argument("--precision", choices=["fp32", "bf16", "both"], default=None,
                    help="default: both on CUDA, fp32 on CPU (bf16 matmuls are emulated on most "
                         "CPUs)")  # fmt: skip
@@ -334,8 +302,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for stage in ("stage1", "stage2"):  # flat "stage.key" too, for scripts that grep one number
         for key in ("mfu", "hfu", "tokens_per_s", "attention_flop_fraction"):
             report[f"{stage}.{key}"] = report[stage][key]
-    print(f"device={report['device']} threads={report['threads']} config={args.config.name} "
-          f"sizes={size_overrides(args)['model']['init_args']['dit']['init_args']}")  # fmt: skip
+    dit = shipped_model.size_overrides(**sizes(args))["model"]["init_args"]["dit"]["init_args"]
+    print(f"device={report['device']} threads={report['threads']} config={args.config} dit={dit}")
     print(f"peak: {', '.join(f'{p}: {s}' for p, (_, s) in peaks.items())}")
     print(
         f"{'stage':<7}{'prec':<6}{'tokens/s':>11}{'samples/s':>11}{'step s':>9}{'GFLOP/s':>10}"

@@ -124,14 +124,3 @@ def test_unknown_card_gives_nan_unless_overridden(
     assert peak_flops(cuda, "bf16", override_tflops=100.0)[0] == 100e12
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
     assert peak_flops(cuda, "bf16")[0] == pytest.approx(989.4e12)
-
-
-def test_throughput_benchmark_measures_the_shipped_stage1_model() -> None:
-    """configs/stage1.yaml's model (MemoryPack: SemanticPack included), only sizes overridden."""
-    from benchmarks.train_throughput import build_stage1, parse
-
-    args = parse(["--width", "32", "--depth", "1", "--heads", "2", "--grad_checkpointing"])
-    model = build_stage1(args)
-    assert model.semantic_pack is not None and model.semantic_pack.width == 32
-    assert (model.dit.width, len(model.dit.blocks), model.dit.grad_checkpointing) == (32, 1, True)
-    assert model.hparams.prompt_dropout == 0.1  # the rest is the config's
