@@ -20,7 +20,7 @@ the real model's teacher step many times above it, so the ratios are the model's
 
     PYTHONPATH=. python benchmarks/forcing_overhead.py [--segments 4] [--rounds 10] [--json out.json]
 
-About two minutes on one thread of a shared 2-core CPU.
+Half a minute to two minutes on one thread of a shared 2-core CPU, depending on its load.
 """
 
 from __future__ import annotations

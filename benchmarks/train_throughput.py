@@ -256,8 +256,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segments", type=int, default=4)
     p.add_argument("--grad_checkpointing", action="store_true")
     p.add_argument("--compile", choices=["none", "blocks", "dit"], default="none")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=4)
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="dense peak of the device for the measured precision (overrides the "
                         "built-in card table and the CPU matmul)")  # fmt: skip
