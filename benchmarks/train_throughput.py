@@ -1,6 +1,6 @@
 """Training throughput: tokens/s, samples/s, MFU and HFU of the shipped stage-1 and stage-2 steps.
 
-    PYTHONPATH=. python benchmarks/train_throughput.py                 # CPU: fp32, demo sizes
+    PYTHONPATH=. python benchmarks/train_throughput.py                 # CPU: fp32, demo sizes, 1 thread
     PYTHONPATH=. python benchmarks/train_throughput.py --precision bf16 --width 1024 --depth 8 \
         --resolution 128 128 --segment_frames 8 --json out.json        # CUDA: card's bf16 peak
 
@@ -256,8 +256,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--segments", type=int, default=4)
     p.add_argument("--grad_checkpointing", action="store_true")
     p.add_argument("--compile", choices=["none", "blocks", "dit"], default="none")
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU intra-op threads (default 1: on cores shared with other processes, "
+                        "two OpenMP threads measured 20x slower than one)")  # fmt: skip
     p.add_argument("--peak_tflops", type=float, default=None,
                    help="dense peak of the device for the measured precision (overrides the "
                         "built-in card table and the CPU matmul)")  # fmt: skip
@@ -283,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)  # the peak matmul below runs on the same threads
     torch.manual_seed(0)
     precisions = ["bf16", "fp32"] if args.precision == "both" else [args.precision]
     peaks = {
