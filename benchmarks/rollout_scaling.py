@@ -1,4 +1,4 @@
-"""Rollout scaling: per-segment latency and peak memory over one long rollout (Sec. 3.1 "O(n)").
+"""Rollout scaling: per-segment latency and tensor memory over one long rollout (Sec. 3.1 "O(n)").
 
     PYTHONPATH=. python benchmarks/rollout_scaling.py [--segments 64] [--json out.json]
 
@@ -10,41 +10,103 @@ Three modes of the same tiny model (untrained weights: cost does not depend on t
 Each mode runs in a fresh subprocess so one mode's allocations cannot hide another's.
 
 Latency: wall time of each segment's generation (sampling + memory update + decode), through
-`VideoModule.generate(on_segment=...)`. Memory: per-segment peak resident set size (RSS) of the
-process, read as VmHWM from /proc/self/status after resetting it through /proc/self/clear_refs
-at the start of each segment (Linux; torch's CPU allocations are invisible to tracemalloc), plus
-the exact bytes of the state the rollout carries to the next segment (history + psi). Ratios
-compare medians of two windows (segments 2-6 vs the last five), since single samples are noisy.
-Sampling uses `--steps` Euler steps (default 4, fewer than the stage-1 config's 16) and one
-intra-op thread, so the whole run takes about a minute or two on a shared 2-core CPU.
+`VideoModule.generate(on_segment=...)`, in a rollout of its own.
+
+Memory: tensor allocations, where growth happens (the process's resident set is hundreds of MB of
+libraries and allocator caches, against a carried state of a fraction of a MB). Per segment, the
+peak of live tensor bytes during the segment, counted from the rollout's start (it holds the
+carried state, the segment's activations and the decoded frames returned so far). On CUDA from
+torch.cuda's allocator statistics; on CPU, where torch has no allocator statistics and
+tracemalloc does not see its allocator, from the allocation and free events of
+`torch.profiler(profile_memory=True)` in a second, profiled rollout (the profiler slows it, so
+latency comes from the unprofiled one). `memory_growth_mb` is the growth of that peak from
+segments 2-6 to the last five (medians); the part of it that is the decoded output frames (the
+same in every mode) is shown next to it. Also printed: the exact bytes of the state the rollout
+carries to the next segment (history + psi). Ratios compare medians of the two windows.
+Sampling uses `--steps` Euler steps (default 4, fewer than the stage-1 config's 8) and one
+intra-op thread, so the whole run takes about two minutes on a shared 2-core CPU.
 """
 
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.profiler import ProfilerActivity, profile, record_function
 
 MODES = ("memorypack", "f1", "full_history")
 ROOT = Path(__file__).resolve().parents[1]
-SIZES = ("segments", "steps", "frames", "resolution", "width", "depth", "threads")
+SIZES = ("segments", "steps", "frames", "resolution", "width", "depth", "threads", "device")
+MARK = "rollout_scaling.segment_end"
 
 
-def peak_rss_mb() -> float:
-    status = Path("/proc/self/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 1024
+def cpu_allocations(run: Callable[[Callable[[], None]], Any]) -> list[tuple[float, float]]:
+    """(peak, end) live tensor bytes of each segment of `run(mark)`, counted from its start.
+
+    `run` calls `mark()` at the end of every segment. The CPU allocator's events come from the
+    profiler (`[memory]` events: +bytes per allocation, -bytes per free, in time order with the
+    marks); frees of tensors allocated before `run` count as negative.
+    """
+
+    def mark() -> None:
+        with record_function(MARK):
+            pass
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        run(mark)
+    events = sorted(
+        (e.start_ns(), e.name() == MARK, e.nbytes() if e.name() == "[memory]" else 0)
+        for e in prof.profiler.kineto_results.events()
+        if e.name() in ("[memory]", MARK)
+    )
+    live = peak = 0
+    out = []
+    for _, is_mark, nbytes in events:
+        if is_mark:
+            out.append((float(peak), float(live)))
+            peak = live
+        else:
+            live += nbytes
+            peak = max(peak, live)
+    return out
 
 
-def reset_peak_rss() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # "5": reset the peak RSS to the current RSS
+def cuda_allocations(
+    run: Callable[[Callable[[], None]], Any], device: torch.device
+) -> list[tuple[float, float]]:
+    """(peak, end) live tensor bytes of each segment, from torch.cuda's allocator statistics."""
+    out = []
+    torch.cuda.synchronize(device)
+    start = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+
+    def mark() -> None:
+        torch.cuda.synchronize(device)
+        end = torch.cuda.memory_allocated(device)
+        out.append((float(torch.cuda.max_memory_allocated(device) - start), float(end - start)))
+        torch.cuda.reset_peak_memory_stats(device)
+
+    run(mark)
+    return out
+
+
+def tensor_allocations(
+    run: Callable[[Callable[[], None]], Any], device: torch.device
+) -> list[tuple[float, float]]:
+    """Per segment (peak, end) bytes of live tensors on `device` during `run(mark)`."""
+    if device.type == "cuda":
+        return cuda_allocations(run, device)
+    if device.type == "cpu":
+        return cpu_allocations(run)
+    raise ValueError(f"no tensor-allocation statistics for device {device}")
 
 
 def build(mode: str, width: int, depth: int, steps: int) -> Any:
@@ -70,23 +132,13 @@ def build(mode: str, width: int, depth: int, steps: int) -> Any:
 
 
 def run_mode(mode: str, args: argparse.Namespace) -> dict[str, list[float]]:
-    """One rollout of `args.segments` segments; per-segment ms, peak RSS MB and state MB."""
+    """Two rollouts of `args.segments` segments from the same seed: one timed (ms and carried
+    state MB per segment), one for tensor memory (peak and end MB per segment)."""
     torch.set_num_threads(args.threads)
-    module = build(mode, args.width, args.depth, args.steps)
-    image = torch.rand(1, 3, args.resolution, args.resolution) * 2 - 1
-    ms: list[float] = []
-    peak: list[float] = []
-    state: list[float] = []
-    last = [0.0]
-    captured: dict[str, Any] = {}
-
-    def on_segment(k: int) -> None:
-        now = time.perf_counter()
-        ms.append(1e3 * (now - last[0]))
-        peak.append(peak_rss_mb())
-        state.append(captured.get("bytes", 0) / 2**20)
-        reset_peak_rss()
-        last[0] = time.perf_counter()
+    device = torch.device(args.device)
+    module = build(mode, args.width, args.depth, args.steps).to(device)
+    image = (torch.rand(1, 3, args.resolution, args.resolution) * 2 - 1).to(device)
+    captured: dict[str, int] = {}
 
     # Bytes the rollout carries into the next segment: history (+ psi), seen at the DiT's input.
     def record_state(_: torch.nn.Module, a: tuple, kw: dict) -> None:
@@ -94,32 +146,70 @@ def run_mode(mode: str, args: argparse.Namespace) -> dict[str, list[float]]:
         captured["bytes"] = a[3].nbytes + (0 if memory is None else memory.nbytes)
 
     module.dit.register_forward_pre_hook(record_state, with_kwargs=True)
+
+    def rollout(on_segment: Callable[[int], None]) -> None:
+        gen = torch.Generator(device).manual_seed(0)
+        module.generate(image, ["a red circle moves right"], args.segments, generator=gen,
+                        frames_per_segment=args.frames, on_segment=on_segment)  # fmt: skip
+
     # Warm-up rollout (discarded): first calls pay for lazy init and allocator growth.
     module.generate(image, ["warm up"], 3, frames_per_segment=args.frames)
-    reset_peak_rss()
-    gen = torch.Generator().manual_seed(0)
+    ms: list[float] = []
+    state: list[float] = []
+    last = [0.0]
+
+    def on_segment(k: int) -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        ms.append(1e3 * (time.perf_counter() - last[0]))
+        state.append(captured.get("bytes", 0) / 2**20)
+        last[0] = time.perf_counter()
+
     last[0] = time.perf_counter()
-    module.generate(image, ["a red circle moves right"], args.segments, generator=gen,
-                    frames_per_segment=args.frames, on_segment=on_segment)  # fmt: skip
-    return {"ms": ms, "peak_mb": peak, "state_mb": state}
+    rollout(on_segment)
+    allocations = tensor_allocations(lambda mark: rollout(lambda k: mark()), device)
+    return {
+        "ms": ms,
+        "state_mb": state,
+        "alloc_peak_mb": [peak / 2**20 for peak, _ in allocations],
+        "alloc_end_mb": [end / 2**20 for _, end in allocations],
+    }
+
+
+def window_medians(series: list[float]) -> tuple[float, float]:
+    """(median of segments 2-6, median of the last five)."""
+    return statistics.median(series[2:7]), statistics.median(series[-5:])
 
 
 def ratio(series: list[float]) -> float:
     """median(last five) / median(segments 2-6)."""
-    return statistics.median(series[-5:]) / statistics.median(series[2:7])
+    first, last = window_medians(series)
+    return last / first
 
 
-def summarize(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
+def summarize(
+    results: dict[str, dict[str, list[float]]], output_mb_per_segment: float
+) -> dict[str, Any]:
+    """Ratios and absolute figures per mode; `output_mb_per_segment`: one segment's decoded
+    uint8 frames, which the rollout keeps for the video it returns (the same in every mode)."""
     out: dict[str, Any] = {}
     for mode, r in results.items():
+        n = len(r["ms"])
+        # Decoded segments held at the last window's median segment minus at the first window's.
+        held = statistics.median(range(n - 5, n)) - statistics.median(range(2, 7))
+        mem_first, mem_last = window_medians(r["alloc_peak_mb"])
+        lat_first, lat_last = window_medians(r["ms"])
         out[mode] = {
             "latency_ratio": ratio(r["ms"]),
-            "memory_ratio": ratio(r["peak_mb"]),
+            "memory_ratio": ratio(r["alloc_peak_mb"]),
             "state_ratio": ratio(r["state_mb"]),
-            "latency_ms_first": statistics.median(r["ms"][2:7]),
-            "latency_ms_last": statistics.median(r["ms"][-5:]),
-            "peak_mb_first": statistics.median(r["peak_mb"][2:7]),
-            "peak_mb_last": statistics.median(r["peak_mb"][-5:]),
+            "latency_ms_first": lat_first,
+            "latency_ms_last": lat_last,
+            "alloc_peak_mb_first": mem_first,
+            "alloc_peak_mb_last": mem_last,
+            "memory_growth_mb": mem_last - mem_first,
+            "output_growth_mb": held * output_mb_per_segment,
+            "memory_growth_mb_per_segment": (mem_last - mem_first) / held,
             "per_segment": r,
         }
     return out
@@ -127,25 +217,31 @@ def summarize(results: dict[str, dict[str, list[float]]]) -> dict[str, Any]:
 
 def print_table(results: dict[str, dict[str, list[float]]], summary: dict[str, Any]) -> None:
     modes = list(results)
-    print("segment | " + " | ".join(f"{m} ms, peak MB, state MB" for m in modes))
+    print("segment | " + " | ".join(f"{m}: ms, alloc MB, state MB" for m in modes))
     n = len(results[modes[0]]["ms"])
     for k in range(n):
         cells = [
-            f"{results[m]['ms'][k]:8.1f} {results[m]['peak_mb'][k]:7.1f} "
+            f"{results[m]['ms'][k]:8.1f} {results[m]['alloc_peak_mb'][k]:8.3f} "
             f"{results[m]['state_mb'][k]:7.3f}"
             for m in modes
         ]
         print(f"{k:7d} | " + " | ".join(cells))
     print(
-        "\nmode         | latency ms (seg 2-6 -> last 5) | latency ratio | peak MB ratio | state ratio"
+        "\nmode         | latency ms (seg 2-6 -> last 5) | ratio | alloc MB (seg 2-6 -> last 5)"
+        " | growth MB (output) | ratio | state ratio"
     )
     for m in modes:
         s = summary[m]
         print(
-            f"{m:12s} | {s['latency_ms_first']:9.1f} -> {s['latency_ms_last']:9.1f}"
-            f"         | {s['latency_ratio']:13.2f} | {s['memory_ratio']:13.3f} | "
-            f"{s['state_ratio']:.2f}"
+            f"{m:12s} | {s['latency_ms_first']:9.1f} -> {s['latency_ms_last']:9.1f}         "
+            f"| {s['latency_ratio']:5.2f} | {s['alloc_peak_mb_first']:9.3f} -> "
+            f"{s['alloc_peak_mb_last']:9.3f}       | {s['memory_growth_mb']:7.3f} "
+            f"({s['output_growth_mb']:.3f})    | {s['memory_ratio']:5.2f} | {s['state_ratio']:.2f}"
         )
+    print(
+        "(alloc MB: peak live tensor bytes during the segment, counted from the rollout's start; "
+        "output: the decoded frames the rollout keeps for the returned video, part of the growth)"
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -157,6 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--depth", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--json", type=Path, default=None, help="write the ratios here")
     parser.add_argument("--only", choices=MODES, help=argparse.SUPPRESS)  # subprocess worker
@@ -179,11 +276,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             cmd = [sys.executable, __file__, *sizes, "--only", mode, "--raw", str(raw)]
             subprocess.run(cmd, check=True, env=env)
             results[mode] = json.loads(raw.read_text())
-    summary = summarize(results)
+    summary = summarize(results, args.frames * 3 * args.resolution**2 / 2**20)
     print_table(results, summary)
     if args.json is not None:
         # Nested per mode, plus flat "mode.key" ratios for scripts that grep one number.
-        flat = {f"{m}.{k}": v for m, s in summary.items() for k, v in s.items() if "ratio" in k}
+        flat = {
+            f"{m}.{k}": v
+            for m, s in summary.items()
+            for k, v in s.items()
+            if "ratio" in k or "growth" in k
+        }
         args.json.write_text(json.dumps({**flat, **summary}, indent=2))
     return summary
 

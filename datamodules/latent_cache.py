@@ -160,6 +160,11 @@ class LatentCacheDataset(Dataset):
     def num_skipped(self) -> int:
         return len(self.skipped)
 
+    @property
+    def lengths(self) -> list[int]:
+        """Segments per video, as cached (the curriculum batches videos of equal length)."""
+        return [int(e["num_segments"]) for e in self.entries]
+
     def __len__(self) -> int:
         return len(self.entries)
 

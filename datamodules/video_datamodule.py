@@ -166,8 +166,10 @@ class VideoDataModule(L.LightningDataModule):
 
     @property
     def num_skipped(self) -> int:
-        """Total videos skipped across the datasets built so far."""
-        return sum(d.num_skipped for d in (self.train_set, self.val_set) if d is not None)
+        """Videos and metadata lines skipped by the datasets built so far; every split reads the
+        whole metadata file, so a skipped line is counted once, not once per split."""
+        built = [d.skipped for d in (self.train_set, self.val_set) if d is not None]
+        return len(set().union(*built))
 
     def _require(self, dataset: VideoFolderDataset | None, name: str) -> VideoFolderDataset:
         if dataset is None:

@@ -2,7 +2,18 @@
 
 Layout: `root/metadata.jsonl` with one JSON object per line,
 `{"path": "videos/a.mp4", "caption": "...", "split": "train"}`; `path` is relative to `root` (or
-absolute), `split` is optional and entries without it belong to the "train" split.
+absolute), `split` is optional and entries without it belong to the "train" split. A caption may
+be empty (the unconditional prompt) but must be present.
+
+What is skipped (each with a warning naming it, and counted in `skipped` / `num_skipped`):
+- a metadata line that is not valid JSON, not a JSON object, or lacks a string `path` or
+  `caption` (or has a non-string `split`): named by file and line number;
+- a video that cannot be probed (missing, unreadable, truncated: fewer frames than its header
+  lists) or that is shorter than one segment after resampling: named by path, at construction;
+- a video that decodes to fewer frames than probed (it changed, or its data is damaged past the
+  header): named by path, at decode time, where `__getitem__` returns None.
+Every item has exactly `lengths[i]` segments, the probed length that curriculum and DDP batching
+rely on: frames beyond it are dropped, never a shorter video returned.
 """
 
 from __future__ import annotations
@@ -26,44 +37,57 @@ METADATA_FILE = "metadata.jsonl"
 DEFAULT_SPLIT = "train"
 
 
-def read_metadata(root: Path) -> list[dict[str, str]]:
-    """Parse and validate `root/metadata.jsonl`; errors name the file and line."""
+def read_metadata(root: Path) -> tuple[list[dict[str, str]], dict[str, str]]:
+    """Parse `root/metadata.jsonl`: (usable entries, {"<file>:<line>": why} for skipped lines).
+
+    Unusable lines are skipped with a warning naming the file and line; a file with no usable
+    line is an error.
+    """
     if not root.is_dir():
         raise FileNotFoundError(f"data directory does not exist: {root}")
     metadata = root / METADATA_FILE
     if not metadata.is_file():
         raise FileNotFoundError(f"metadata file not found: {metadata}")
     entries = []
+    skipped: dict[str, str] = {}
     with metadata.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
+            problem = None
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{metadata}, line {number}: invalid JSON ({err.msg})") from err
-            if not isinstance(entry, dict):
-                raise ValueError(f"{metadata}, line {number}: expected a JSON object")
+                entry, problem = None, f"invalid JSON ({err.msg})"
+            if problem is None and not isinstance(entry, dict):
+                problem = f"expected a JSON object, got {type(entry).__name__}"
             for key in ("path", "caption"):
-                if not isinstance(entry.get(key), str):
-                    raise ValueError(f"{metadata}, line {number}: missing string field {key!r}")
+                if problem is None and not isinstance(entry.get(key), str):
+                    problem = f"missing string field {key!r}"
+            if problem is None and not isinstance(entry.get("split", DEFAULT_SPLIT), str):
+                problem = "'split' must be a string"
+            if problem is not None:
+                skipped[f"{metadata}:{number}"] = problem
+                warnings.warn(f"skipping {metadata}, line {number}: {problem}", stacklevel=3)
+                continue
             split = entry.get("split", DEFAULT_SPLIT)
-            if not isinstance(split, str):
-                raise ValueError(f"{metadata}, line {number}: 'split' must be a string")
             entries.append({"path": entry["path"], "caption": entry["caption"], "split": split})
     if not entries:
-        raise ValueError(f"metadata file is empty: {metadata}")
-    return entries
+        reasons = f": {skipped}" if skipped else ""
+        raise ValueError(f"metadata file has no usable entries: {metadata}{reasons}")
+    return entries, skipped
 
 
 class VideoFolderDataset(Dataset):
     """Captioned videos cut into whole segments of `segment_frames` frames (tail dropped).
 
-    Files that cannot be probed, or that are shorter than one segment after resampling to `fps`, are
-    skipped at construction with a warning and recorded in `skipped` (path -> reason). Files that fail
-    later, at decode time, are recorded too and `__getitem__` returns None for them. With
-    `num_workers > 0` the decode-time records live in the worker processes, so only warnings reach the
-    main process for those.
+    Unusable metadata lines and files that cannot be probed, or that are shorter than one segment
+    after resampling to `fps`, are skipped at construction with a warning and recorded in `skipped`
+    ("<metadata>:<line>" or path -> reason). Files that fail later, at decode time (including
+    decoding to fewer frames than probed), are recorded too and `__getitem__` returns None for
+    them. With `num_workers > 0` the decode-time records live in the worker processes, so only
+    warnings reach the main process for those. `lengths[i]` (segments) comes from the probed
+    duration (`probe_video`), and item i has exactly that many segments.
     """
 
     def __init__(
@@ -85,25 +109,26 @@ class VideoFolderDataset(Dataset):
         self.segment_frames = segment_frames
         self.fps = fps
         self.size = (int(size[0]), int(size[1]))
-        self.skipped: dict[str, str] = {}
         self.paths: list[Path] = []
         self.captions: list[str] = []
         self.lengths: list[int] = []
 
-        entries = read_metadata(self.root)
+        entries, skipped_lines = read_metadata(self.root)
+        self.skipped: dict[str, str] = dict(skipped_lines)
         selected = [e for e in entries if split is None or e["split"] == split]
         if not selected:
             raise ValueError(f"no entries with split {split!r} in {self.root / METADATA_FILE}")
         for entry in selected:
             path = self.root / entry["path"]
             try:
-                native_frames, native_fps = probe_video(path)
+                probe = probe_video(path)
             except (OSError, RuntimeError, ValueError) as err:
                 self._skip(path, f"unreadable: {err}")
                 continue
-            segments = resampled_length(native_frames, native_fps, fps) // segment_frames
+            frames = probe.frames if fps is None else resampled_length(probe.duration, fps)
+            segments = frames // segment_frames
             if segments < 1:
-                self._skip(path, f"too short: {native_frames} frames at {native_fps:g} fps")
+                self._skip(path, f"too short: {probe.duration:.3f} s, {frames} frames")
                 continue
             self.paths.append(path)
             self.captions.append(entry["caption"])
@@ -136,16 +161,12 @@ class VideoFolderDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         path = self.paths[index]
-        try:
-            frames = read_video(path, fps=self.fps, size=self.size)
+        segments = self.lengths[index]
+        try:  # exactly the probed length, or an error: batches rely on `lengths`
+            frames = read_video(path, self.fps, self.size, segments * self.segment_frames)
         except (OSError, RuntimeError, ValueError) as err:
             self._skip(path, f"decode failed: {err}")
             return None
-        segments = frames.shape[0] // self.segment_frames
-        if segments < 1:
-            self._skip(path, f"decoded only {frames.shape[0]} frames, need {self.segment_frames}")
-            return None
-        frames = frames[: segments * self.segment_frames]
         # uint8 [0, 255] -> float [-1, 1], the range the VAE/latent code expects.
         video = frames.float().div_(127.5).sub_(1.0)
         video = video.reshape(segments, self.segment_frames, *video.shape[1:])

@@ -2,6 +2,12 @@
 
 Every video the framework touches (real folders, the synthetic set, rollouts written at predict time)
 goes through these three functions, so training sees exactly the same decode path for all data.
+
+Time comes from the frames' timestamps, not from a frame count and a nominal rate: a clip lasts
+from its first frame's timestamp to the end of its last frame, and resampling to `fps` picks, for
+output frame k, the source frame whose timestamp is nearest to k / fps. Variable-frame-rate files
+(phones, screen and browser recordings), whose nominal rate can be far from the real one, and
+containers that store no frame count or duration (WebM written live) are read correctly.
 """
 
 from __future__ import annotations
@@ -9,13 +15,14 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import av
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["probe_video", "read_video", "resampled_length", "write_video"]
+__all__ = ["VideoProbe", "probe_video", "read_video", "resampled_length", "write_video"]
 
 # Frames are resized in chunks so a long high-resolution clip never needs all float frames at once.
 _RESIZE_CHUNK = 32
@@ -45,33 +52,58 @@ def _native_fps(stream: av.video.stream.VideoStream, path: Path) -> float:
     return float(rate)
 
 
-def resampled_length(num_frames: int, native_fps: float, fps: float | None) -> int:
-    """Number of frames `read_video` returns for a `num_frames` clip resampled to `fps`."""
-    if fps is None:
-        return num_frames
-    return int(math.floor(num_frames * fps / native_fps + _EPS))
+class VideoProbe(NamedTuple):
+    """What the dataset needs to know about a video before decoding it."""
+
+    frames: int  # frames at the native rate (demuxed packets)
+    fps: float  # nominal native rate from the metadata (may differ from the real one: VFR)
+    duration: float  # seconds from the first frame's timestamp to the end of the last frame
 
 
-def probe_video(path: str | Path) -> tuple[int, float]:
-    """Return (frame count at native rate, native fps) from container metadata.
+def resampled_length(duration: float, fps: float) -> int:
+    """Frames `read_video(fps=fps)` returns for a clip lasting `duration` seconds."""
+    return int(math.floor(duration * fps + _EPS))
 
-    Falls back to counting demuxed packets (no decoding) when the container does not store a frame
-    count, as Matroska/WebM often do not.
+
+def probe_video(path: str | Path) -> VideoProbe:
+    """Frame count, nominal rate and duration of the first video stream, without decoding.
+
+    Demuxes every packet (reading the file, not decoding it): the frame count and the timestamps
+    are those of the packets actually present, so a file whose header promises more than it holds
+    (an interrupted download or copy) is refused here, naming both counts, instead of failing
+    later at decode. A packet's duration falls back to 1 / nominal rate when not stored; packets
+    without timestamps make the duration frames / nominal rate.
     """
     path = Path(path)
     container, stream = _open_video(path)
+    starts: list[float] = []
+    ends: list[float] = []
+    count = 0
     try:
         fps = _native_fps(stream, path)
-        count = int(stream.frames or 0)
-        if count <= 0:
-            count = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        promised = int(stream.frames or 0)
+        for packet in container.demux(stream):
+            if packet.size <= 0:  # the demuxer's end-of-stream flush packet
+                continue
+            count += 1
+            if packet.pts is not None and packet.time_base is not None:
+                start = float(packet.pts * packet.time_base)
+                length = float(packet.duration * packet.time_base) if packet.duration else 1 / fps
+                starts.append(start)
+                ends.append(start + length)
     except av.FFmpegError as err:
         raise RuntimeError(f"cannot probe video {path}: {err}") from err
     finally:
         container.close()
     if count <= 0:
         raise RuntimeError(f"video {path} contains no frames")
-    return count, fps
+    if promised > count:
+        raise RuntimeError(
+            f"video {path} is truncated: its header lists {promised} frames, the file holds "
+            f"{count} (an interrupted download or copy?)"
+        )
+    duration = max(ends) - min(starts) if len(starts) == count else count / fps
+    return VideoProbe(count, fps, duration)
 
 
 def _check_size(size: tuple[int, int] | None) -> None:
@@ -102,9 +134,8 @@ def _resize_cover_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
     return torch.cat(chunks)
 
 
-def _nearest_indices(times: np.ndarray, native_fps: float, fps: float) -> np.ndarray:
-    """For each output time k / fps, the index of the source frame with the nearest timestamp."""
-    count = resampled_length(len(times), native_fps, fps)
+def _nearest_indices(times: np.ndarray, count: int, fps: float) -> np.ndarray:
+    """For output times k / fps, k < count, the index of the source frame nearest in time."""
     targets = np.arange(count, dtype=np.float64) / fps
     if len(times) == 1:
         return np.zeros(count, dtype=np.int64)
@@ -116,27 +147,39 @@ def _nearest_indices(times: np.ndarray, native_fps: float, fps: float) -> np.nda
 
 
 def read_video(
-    path: str | Path, fps: float | None = None, size: tuple[int, int] | None = None
+    path: str | Path,
+    fps: float | None = None,
+    size: tuple[int, int] | None = None,
+    num_frames: int | None = None,
 ) -> torch.Tensor:
     """Decode a video to uint8 [t, 3, h, w] RGB, optionally resampled to `fps` and resized to `size`.
 
-    Resampling keeps the clip's duration: output frame k shows the source frame whose timestamp is
-    nearest to k / fps (frames are dropped or duplicated). `size=(h, w)` scales the shorter side to
-    cover the target, then centre crops.
+    Resampling keeps the clip's duration (module docstring): output frame k shows the source frame
+    whose timestamp is nearest to k / fps (frames are dropped or duplicated), and a clip of
+    duration D gives `resampled_length(D, fps)` frames. `size=(h, w)` scales the shorter side to
+    cover the target, then centre crops. `num_frames` asks for exactly that many frames (the
+    dataset's probed length): later ones are dropped, and a clip too short to give them raises.
     """
     path = Path(path)
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be positive, got {fps!r}")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames!r}")
     _check_size(size)
     container, stream = _open_video(path)
     stream.thread_type = "AUTO"
     arrays: list[np.ndarray] = []
     times: list[float | None] = []
+    last_length = None
     try:
         native = _native_fps(stream, path)
         for frame in container.decode(stream):
             arrays.append(frame.to_ndarray(format="rgb24"))
             times.append(frame.time)
+            if frame.duration and frame.time_base is not None:
+                last_length = float(frame.duration * frame.time_base)
+            else:
+                last_length = None
     except av.FFmpegError as err:
         raise RuntimeError(f"cannot decode video {path}: {err}") from err
     finally:
@@ -144,18 +187,33 @@ def read_video(
     if not arrays:
         raise RuntimeError(f"video {path} decoded to zero frames")
 
-    if fps is not None:
+    if fps is None:
+        count = len(arrays) if num_frames is None else num_frames
+        if count > len(arrays):
+            raise RuntimeError(
+                f"video {path} decoded to {len(arrays)} frames, {num_frames} were expected"
+            )
+        arrays = arrays[:count]
+    else:
         if any(t is None for t in times):
             # Without timestamps assume a constant native rate, which is what the metadata states.
             stamps = np.arange(len(arrays), dtype=np.float64) / native
         else:
             stamps = np.asarray(times, dtype=np.float64)
-            stamps = stamps - stamps[0]
-        order = np.argsort(stamps, kind="stable")
-        picked = order[_nearest_indices(stamps[order], native, fps)]
-        arrays = [arrays[i] for i in picked]
-        if not arrays:
+            stamps = stamps - stamps.min()
+        duration = float(stamps.max()) + (last_length or 1 / native)
+        count = resampled_length(duration, fps) if num_frames is None else num_frames
+        # A frame's worth of slack: a header may round the last frame's length differently.
+        if count / fps > duration + 1 / native + _EPS:
+            raise RuntimeError(
+                f"video {path} decoded to {duration:.3f} s, too short for {count} frames at "
+                f"{fps:g} fps ({count / fps:.3f} s)"
+            )
+        if count < 1:
             raise RuntimeError(f"video {path} has no frames left after resampling to {fps} fps")
+        order = np.argsort(stamps, kind="stable")
+        picked = order[_nearest_indices(stamps[order], count, fps)]
+        arrays = [arrays[i] for i in picked]
 
     frames = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     if size is not None:

@@ -37,7 +37,7 @@ def test_write_read_roundtrip_keeps_frame_count_and_size(tmp_path: Path, size: t
     decoded = read_video(path)
     assert decoded.dtype == torch.uint8
     assert tuple(decoded.shape) == (13, 3, *size)
-    assert probe_video(path) == (13, 8.0)
+    assert probe_video(path) == (13, 8.0, 13 / 8.0)  # frames, fps, duration
     if size[0] >= 8:  # high-quality encode: decoded pixels stay close to the originals
         assert (decoded.float() - frames.float()).abs().mean() < 8.0
 
@@ -183,10 +183,12 @@ def test_empty_metadata_error_names_file(tmp_path: Path) -> None:
         VideoFolderDataset(tmp_path, "train", SEG, None, SIZE)
 
 
-def test_malformed_metadata_line_names_file_and_line(tmp_path: Path) -> None:
+def test_malformed_metadata_line_is_skipped_naming_file_and_line(tmp_path: Path) -> None:
+    _write_synthetic(tmp_path / "a.mp4", 0, SEG)
     (tmp_path / "metadata.jsonl").write_text('{"path": "a.mp4", "caption": "x"}\n{oops\n')
-    with pytest.raises(ValueError, match=r"metadata\.jsonl, line 2"):
-        VideoFolderDataset(tmp_path, "train", SEG, None, SIZE)
+    with pytest.warns(UserWarning, match=r"metadata\.jsonl, line 2: invalid JSON"):
+        dataset = VideoFolderDataset(tmp_path, "train", SEG, None, SIZE)
+    assert len(dataset) == 1 and set(dataset.skipped) == {f"{tmp_path / 'metadata.jsonl'}:2"}
 
 
 def test_collate_pads_segments_and_reports_counts() -> None:
@@ -244,3 +246,20 @@ def test_datamodule_prepare_setup_and_batch_shapes(tmp_path: Path) -> None:
 def test_datamodule_rejects_bad_arguments(kwargs: dict, text: str) -> None:
     with pytest.raises(ValueError, match=text):
         VideoDataModule(**kwargs)
+
+
+def test_datamodule_counts_a_skipped_metadata_line_once(tmp_path: Path) -> None:
+    """Both splits read the whole metadata file; its bad line is one skipped entry, not two."""
+    _write_synthetic(tmp_path / "t.mp4", 0, SEG)
+    _write_synthetic(tmp_path / "v.mp4", 1, SEG)
+    lines = [
+        json.dumps({"path": "t.mp4", "caption": "t"}),
+        json.dumps({"path": "v.mp4", "caption": "v", "split": "val"}),
+        json.dumps({"path": "v.mp4", "split": "val"}),  # no caption
+    ]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    dm = VideoDataModule(data_dir=str(tmp_path), source="folder", segment_frames=SEG)
+    with pytest.warns(UserWarning, match="line 3"):
+        dm.setup("fit")
+    assert len(dm.train_set) == 1 and len(dm.val_set) == 1
+    assert dm.num_skipped == 1

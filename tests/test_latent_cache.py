@@ -84,3 +84,22 @@ def test_fit_from_the_cache_through_the_cli(tmp_path: Path) -> None:
     ])  # fmt: skip
     assert cli.trainer.global_step == 1
     assert list((tmp_path / "cache").glob("*/train_00000.pt"))  # the codec came from the model
+
+
+def test_curriculum_reads_lengths_from_the_cache(tmp_path: Path) -> None:
+    """Stage 2 (curriculum) on the latent cache: batches of equal, cached lengths."""
+    from datamodules.curriculum import LengthCurriculum
+
+    dm = VideoDataModule(
+        data_dir=str(tmp_path / "data"), batch_size=1, num_train_videos=4, num_val_videos=1,
+        max_segments=3, latent_cache=str(tmp_path / "cache"),
+        curriculum=LengthCurriculum(start_segments=3),
+    )  # fmt: skip
+    dm.attach_codec(SpaceToDepthCodec(4))
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.train_set.lengths == [e["num_segments"] for e in dm.train_set.entries]
+    loader = dm.train_dataloader()
+    for indices in loader.batch_sampler:
+        batch = loader.collate_fn([dm.train_set[i] for i in indices])
+        assert batch["num_segments"].tolist() == [dm.train_set.lengths[i] for i in indices]
