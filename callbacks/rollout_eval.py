@@ -6,6 +6,15 @@ Held-out (image, caption) pairs from `trainer.datamodule.val_set` are rolled out
 scalars, per-segment curves `eval_curve/<length>/<metric>@<backend>` (TensorBoard, segment = step),
 a few rollouts as TensorBoard videos; written: every rollout as mp4 and a Tab. 1-style results table.
 
+Ground truth: every length also gets a `ground truth` row (logged as `eval/<length>/ground_truth/
+<metric>@<backend>`): the same held-out val videos whose first frames start the rollouts, cut to
+the rollout's number of segments and scored with the same backends, so a generated row is read
+against the data it imitates. A val video shorter than the length contributes all it has (the
+demo's long rollouts outlast every val video; skipping would leave no row) and is counted: the
+row is then labelled `ground truth (k/n shorter)` and `eval/<length>/ground_truth/fraction_shorter`
+is logged. The data do not change between evaluations, so the rows are computed once and reused.
+A val set without pixel videos (a latent cache) gets no ground-truth row, with a warning.
+
 DDP / FSDP: examples are sharded i = rank, rank + world, ...; every rank makes the same number of
 `generate` calls (short shards are padded with a dummy example whose result is discarded), because an
 FSDP-sharded model runs collectives inside its forward; every rank calls `compute()` in the same order.
@@ -67,6 +76,7 @@ class RolloutEvalCallback(L.Callback):
         self.output_dir = output_dir
         self.seed = seed
         self._backends: BackendSet | None = None  # built on first use: no model loading at init
+        self._ground_truth: dict[tuple[str, int], tuple[dict[str, float], float]] = {}
 
     # ---- hooks -----------------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -122,6 +132,11 @@ class RolloutEvalCallback(L.Callback):
                     out_dir / "rollouts" / tag,
                 )
                 rows.append(({"model": type(pl_module).__name__, "length": name}, scores))
+                truth = self._ground_truth_row(
+                    pl_module, backends, keys, shard, val_set, fps, name, segments
+                )
+                if truth is not None:
+                    rows.append(truth)
         finally:
             pl_module.train(was_training)
         if trainer.is_global_zero:
@@ -183,6 +198,56 @@ class RolloutEvalCallback(L.Callback):
         if trainer.is_global_zero:
             self._log_curves(trainer, name, curve_values)
         return results
+
+    def _ground_truth_row(
+        self,
+        pl_module: L.LightningModule,
+        backends: BackendSet,
+        keys: list[str],
+        shard: list[int | None],
+        val_set: object,
+        fps: float,
+        name: str,
+        segments: int,
+    ) -> tuple[dict[str, str], dict[str, float]] | None:
+        """Score (once) the shard's val videos cut to `segments` segments; log and return the row.
+
+        Collective-safe: every rank calls `compute()` once per length, on first use only.
+        """
+        cache_key = (name, segments)
+        if cache_key not in self._ground_truth:
+            probe = next((val_set[i] for i in shard if i is not None), None)
+            if probe is None and len(val_set):  # type: ignore[arg-type]
+                probe = val_set[0]  # type: ignore[index]
+            if probe is not None and "video" not in probe:
+                warnings.warn(
+                    "RolloutEvalCallback: val_set items have no pixel 'video' (latent cache?); "
+                    "no ground-truth row",
+                    stacklevel=2,
+                )
+                return None
+            shorter_key = "ground_truth/fraction_shorter"
+            metric = VideoScoreMean([*keys, shorter_key]).to(pl_module.device)
+            for index in shard:
+                example = None if index is None else val_set[index]
+                if example is None:
+                    continue  # padding, or a video that failed to decode (the dataset counts it)
+                video = example["video"]  # [s, f, 3, H, W] in [-1, 1]
+                clip = video[:segments].flatten(0, 1)
+                frames = ((clip.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+                scores = scores_from_outputs(compute_per_frame(frames, backends, fps), backends)
+                metric.update({**scores, shorter_key: float(video.shape[0] < segments)})
+            result = {k: float(v) for k, v in metric.compute().items()}
+            fraction = result.pop(shorter_key)
+            self._ground_truth[cache_key] = (result, fraction)
+        result, fraction = self._ground_truth[cache_key]
+        for key, value in result.items():
+            pl_module.log(f"eval/{name}/ground_truth/{key}", value, rank_zero_only=False)
+        pl_module.log(f"eval/{name}/ground_truth/fraction_shorter", fraction, rank_zero_only=False)
+        count = min(self.num_videos, len(val_set))  # type: ignore[arg-type]
+        shorter = round(fraction * count) if not math.isnan(fraction) else 0
+        label = "ground truth" + (f" ({shorter}/{count} shorter)" if shorter else "")
+        return {"model": label, "length": name}, result
 
     @staticmethod
     def _curve_names(backends: BackendSet) -> list[str]:

@@ -1,8 +1,14 @@
-"""Offline VBench-style scorer: `python -m eval <folder> [--csv out.csv] [--backends role=spec ...]`.
+"""Offline VBench-style scorer: `python -m eval <folder> [--csv out.csv] [--backends role=spec ...]
+[--reference DIR]`.
 
 Scores every .mp4 in the folder (decoded with PyAV at its native fps) with the same formulas,
 drifts and backends as the training callback, prints the Tab. 1 layout and writes the full CSV.
 Example: `python -m eval runs/rollouts --backends subject=dino_vitb16:/ckpt/dino_vitbase16_pretrain.pth`.
+
+`--reference DIR` adds a `ground truth` row: the mean scores of DIR's .mp4s (the source videos the
+generated ones imitate), each decoded at the scored videos' fps, resized and centre-cropped to their
+size and cut to the longest scored video's frame count (a shorter one contributes all it has), so
+both rows are measured alike.
 """
 
 from __future__ import annotations
@@ -27,6 +33,15 @@ def _parse_specs(items: list[str]) -> dict[str, str]:
     return specs
 
 
+def _mean(scores: list[dict[str, float]], keys: list[str]) -> dict[str, float]:
+    """Per-key mean over videos, ignoring NaN (a metric no video has is NaN)."""
+    out = {}
+    for key in keys:
+        values = [s[key] for s in scores if not math.isnan(s[key])]
+        out[key] = math.fsum(values) / len(values) if values else math.nan
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score the folder; return the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
@@ -43,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--fps", type=float, default=None, help="override the container fps")
     parser.add_argument("--device", default=None, help="torch device for network backends")
+    parser.add_argument(
+        "--reference", type=Path, default=None,
+        help="folder of source .mp4s scored into a 'ground truth' row",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if not args.folder.is_dir():
@@ -50,20 +69,29 @@ def main(argv: list[str] | None = None) -> int:
     videos = sorted(args.folder.glob("*.mp4"))
     if not videos:
         raise SystemExit(f"no .mp4 files in {args.folder}")
+    references = [] if args.reference is None else sorted(args.reference.glob("*.mp4"))
+    if args.reference is not None and not references:
+        raise SystemExit(f"--reference: no .mp4 files in {args.reference}")
     from datamodules.video_io import probe_video, read_video  # PyAV decode shared with training
 
     backends = build_backends(_parse_specs(args.backends), device=args.device)
     keys = score_keys(backends)
     rows = []
+    longest, size, first_fps = 0, (0, 0), 0.0
     for path in videos:
         fps = args.fps or probe_video(path)[1]
-        scores = score_video(read_video(path), backends, fps=fps)
-        rows.append(({"video": path.name}, scores))
-    mean = {k: math.fsum(s[k] for _, s in rows if not math.isnan(s[k])) for k in keys}
-    counts = {k: sum(not math.isnan(s[k]) for _, s in rows) for k in keys}
-    rows.append(
-        ({"video": "MEAN"}, {k: mean[k] / counts[k] if counts[k] else math.nan for k in keys})
-    )
+        frames = read_video(path)
+        if not rows:
+            size, first_fps = (frames.shape[-2], frames.shape[-1]), fps
+        longest = max(longest, frames.shape[0])
+        rows.append(({"video": path.name}, score_video(frames, backends, fps=fps)))
+    rows.append(({"video": "MEAN"}, _mean([s for _, s in rows], keys)))
+    if references:
+        truth = [
+            score_video(read_video(path, fps=first_fps, size=size)[:longest], backends, first_fps)
+            for path in references
+        ]
+        rows.append(({"video": f"ground truth ({len(truth)} videos)"}, _mean(truth, keys)))
 
     csv_path = args.csv or args.folder / "scores.csv"
     written = write_results_table(rows, csv_path.parent, stem=csv_path.stem)

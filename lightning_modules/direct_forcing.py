@@ -23,7 +23,7 @@ loss and the step size does not grow with video length.
 import contextlib
 import fnmatch
 from collections.abc import Iterator
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -35,54 +35,39 @@ from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec
 from lightning_modules.dit import VideoDiT
 from lightning_modules.parallel import no_backward_sync
+from lightning_modules.semantic_pack import SemanticPack
+from lightning_modules.stage1_checkpoint import (
+    load_stage1_weights,
+    read_checkpoint,
+    resolve_architecture,
+)
 from lightning_modules.text_encoder import TextEncoder
 from lightning_modules.video_module import VideoModule
 
 HistoryMode = Literal["teacher", "direct", "student"]
 
 
-# ----------------------------------------------------------------- stage-1 weights (Sec. 4.1)
-def load_stage1_weights(module: torch.nn.Module, path: str) -> None:
-    """Copy a stage-1 checkpoint into `module`; one error lists everything that does not match."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"init_checkpoint {str(file)!r} does not exist: stage 2 starts from stage-1 weights; "
-            "train stage 1 first (python train.py fit --config configs/stage1.yaml) and point "
-            "model.init_args.init_checkpoint at its last.ckpt"
-        )
-    # A full unpickle, as Lightning's own `--ckpt_path` does: a stage-1 run outside the CLI stores
-    # its networks in the hyperparameters. Only load checkpoints you trust.
-    ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"init_checkpoint {path!r} holds no state_dict of tensors")
-    own = module.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in sorted(set(own) & set(state))
-        if state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"{name} ({len(items)}): {', '.join(items)}"
-                 for name, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches", shapes)) if items]  # fmt: skip
-        raise ValueError(
-            f"init_checkpoint {path!r} does not match this model's architecture (the dit/"
-            "codec/text_encoder config must equal stage 1's): " + "; ".join(parts)
-        )
-    module.load_state_dict(state, strict=True)
+@dataclass
+class SegmentLoss:
+    """One segment of a video batch: its loss and its place in the accumulation window."""
+
+    index: int  # segment i of the videos
+    loss: Tensor  # Eq. 5, mean over the videos that have segment i
+    window: int  # segments in its accumulation window: the backward divides the loss by it
+    last: bool  # the window's last segment: the optimizer steps after its backward
+    videos: int  # videos that have segment i (a ragged batch's shorter videos are done)
 
 
 class DirectForcingModule(VideoModule):
     """Stage 2: Direct Forcing on a frozen stage-1 backbone.
 
     Args:
-        dit, codec, text_encoder: the stage-1 architecture (must match `init_checkpoint`).
-        init_checkpoint: stage-1 checkpoint whose weights are loaded at construction. Not
-            `--ckpt_path`, which resumes a run (and then replaces these weights afterwards).
+        dit, codec, text_encoder, semantic_pack: the stage-1 architecture. None (the default,
+            and what configs/stage2_direct_forcing.yaml leaves them) rebuilds stage 1's from
+            `init_checkpoint`'s saved hyperparameters; a part given must equal stage 1's.
+        init_checkpoint: stage-1 checkpoint whose architecture and weights are loaded at
+            construction. Not `--ckpt_path`, which resumes a run (and then replaces these
+            weights afterwards).
         trainable: fnmatch patterns of parameter names that train; the rest is frozen and kept
             in eval mode. Default: the final (adaLN) norm + output linear, `dit.head.*` (A.2).
         history: what later segments condition on: `teacher` (ground truth, stage-1 style),
@@ -94,10 +79,12 @@ class DirectForcingModule(VideoModule):
 
     def __init__(
         self,
-        dit: VideoDiT,
+        dit: VideoDiT | None = None,
+        *,
         init_checkpoint: str,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
+        semantic_pack: SemanticPack | None = None,
         trainable: tuple[str, ...] = ("dit.head.*",),
         history: HistoryMode = "direct",
         student_steps: int = 5,
@@ -105,7 +92,12 @@ class DirectForcingModule(VideoModule):
         gradient_clip_val: float | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(dit, codec, text_encoder, **kwargs)
+        ckpt = read_checkpoint(init_checkpoint)
+        given = {"dit": dit, "codec": codec, "text_encoder": text_encoder}
+        parts = resolve_architecture(
+            ckpt, init_checkpoint, {**given, "semantic_pack": semantic_pack}
+        )
+        super().__init__(**parts, **kwargs)
         if history not in ("teacher", "direct", "student"):
             raise ValueError(f"history must be teacher, direct or student, got {history!r}")
         if student_steps < 1:
@@ -117,7 +109,7 @@ class DirectForcingModule(VideoModule):
         self.trainable_patterns = list(trainable)
         # Weights load here, at construction: a run resumed with --ckpt_path restores its own
         # weights afterwards, so the stage-1 file must exist but its values are then replaced.
-        load_stage1_weights(self, init_checkpoint)
+        load_stage1_weights(self, ckpt, init_checkpoint)
         self._freeze()
         self.train(self.training)  # frozen parts start in eval; every later train() keeps them so
         self.automatic_optimization = False  # segments accumulate; we decide when to step
@@ -196,23 +188,22 @@ class DirectForcingModule(VideoModule):
             velocity, noise, self.hparams.student_steps, shift=self.hparams.sample_shift
         )
 
-    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
-        """All segments of the batch's videos, oldest first; steps every accumulation window."""
-        if batch is None:
-            return None
-        opt = self.optimizers()
-        sched = self.lr_schedulers()
+    def video_segments(self, batch: dict[str, Any]) -> Iterator[SegmentLoss]:
+        """The batch's videos segment by segment, oldest first (Sec. 3.2): yields each segment's
+        loss once the history that later segments condition on has been stored from the same
+        forward (detached), so the caller may backpropagate and step the optimizer in between.
+        """
         latents, frames = self.batch_latents(batch)  # pre-encoded when the latent cache is on
         num = batch["num_segments"].to(latents.device)
         image = self.batch_image_latent(batch)
         text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
         b, _, c, h, w = latents.shape
-        history = latents.new_zeros(b, self.dit.history_frames, c, h, w)  # zeros = no past yet
+        keep = self.dit.history_frames  # None (`full_history`): the buffer keeps every segment
+        history = latents.new_zeros(b, keep or 0, c, h, w)  # zeros = no past yet
         with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
             psi = self.init_memory(text, image)
         longest = int(num.max())
         window = self.hparams.segments_per_step or longest
-        losses = []
         for i in range(longest):
             active = num > i  # shorter videos of a ragged batch are done (their tail is padding)
             rows = slice(None) if bool(active.all()) else active
@@ -221,37 +212,52 @@ class DirectForcingModule(VideoModule):
             sub_text = (text[0][rows], text[1][rows])
             sub_psi = None if psi is None else psi[rows]
             loss, x_t, t, v = self.flow_loss(x, seg, history[rows], image[rows], sub_text, sub_psi)
-            start = i - i % window
-            in_window = min(window, longest - start)
-            last = i == start + in_window - 1
-            with self._sync_gradients(last):
-                self.manual_backward(loss / in_window)
             # The history comes from the weights that produced this loss, before any step.
             with torch.no_grad():  # history and memory never carry gradients across segments
                 vel = self.velocity_fn(seg, history[rows], image[rows], sub_text, None, sub_psi)
                 new = self.history_segment(x, x_t, t, v, vel)
-                history = history.clone()
-                history[rows] = torch.cat((history[rows], new), dim=1)[:, -history.shape[1] :]
+                stored = torch.zeros_like(latents[:, :frames])  # finished videos: padding
+                stored[rows] = new
+                history = torch.cat((history, stored), dim=1)
+                history = history if keep is None else history[:, -keep:]
                 if psi is not None:
                     psi = psi.clone()
                     psi[rows] = self.update_memory(sub_psi, new, step=i)
             self.store_history(i, new)
-            if last:
+            start = i - i % window
+            in_window = min(window, longest - start)
+            yield SegmentLoss(i, loss, in_window, i == start + in_window - 1, x.shape[0])
+
+    def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
+        """All segments of the batch's videos, oldest first; steps every accumulation window."""
+        if batch is None:
+            return None
+        opt = self.optimizers()
+        sched = self.lr_schedulers()
+        losses = []
+        for segment in self.video_segments(batch):
+            with self._sync_gradients(segment.last):
+                self.manual_backward(segment.loss / segment.window)
+            if segment.last:
                 if self.hparams.gradient_clip_val is not None:
                     self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 sched.step()
-            losses.append(loss.detach())
-            self.log(f"train/loss_seg_{i}", loss.detach(), batch_size=x.shape[0])
+            losses.append(segment.loss.detach())
+            self.log(f"train/loss_seg_{segment.index}", losses[-1], batch_size=segment.videos)
+        b, longest = len(batch["caption"]), len(losses)
         mean = torch.stack(losses).mean()
         self.log("train/loss", mean, prog_bar=True, batch_size=b)
         self.log("train/segments", float(longest), batch_size=b)
         self.log("train/trainable_param_norm", self.trainable_norm(), batch_size=b)
-        dm = getattr(self.trainer, "datamodule", None)
-        cap = getattr(dm, "curriculum_max_segments", None)
-        if cap is not None:
-            self.log("train/curriculum_max_segments", float(cap), batch_size=b)
+        if getattr(getattr(self.trainer, "datamodule", None), "curriculum", None) is not None:
+            # What the curriculum drew: the longest video of the global batch (not the schedule's
+            # cap, which a pass still walking shorter videos has not reached yet).
+            self.log(
+                "train/curriculum_max_segments", float(longest), batch_size=b,
+                sync_dist=True, reduce_fx="max",
+            )  # fmt: skip
         self._log_skipped()
         return mean
 

@@ -25,7 +25,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.frame_pack import PATCH_1X, FramePackContext
-from lightning_modules.rope import Rope3D, RopeLayout, apply_rope, frame_indices, grid_positions
+from lightning_modules.rope import (
+    Rope3D,
+    RopeLayout,
+    apply_rope,
+    frame_indices,
+    grid_positions,
+    identity_rotation,
+)
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
@@ -79,10 +86,10 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(
-        self, x: Tensor, angles: Tensor, memory: Tensor | None = None
+        self, x: Tensor, rotation: Tensor, memory: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         q, k, v = self.heads_of(x)
-        q, k = apply_rope(q, angles), apply_rope(k, angles)
+        q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         out = F.scaled_dot_product_attention(q, k, v)
         if memory is None:
             return self.proj(rearrange(out, "b h n d -> b n (h d)")), None
@@ -113,12 +120,12 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(
-        self, x: Tensor, c: Tensor, angles: Tensor, memory: Tensor | None = None
+        self, x: Tensor, c: Tensor, rotation: Tensor, memory: Tensor | None = None
     ) -> tuple[Tensor, Tensor | None]:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
         norm1 = lambda y: modulate(self.norm1(y), shift1, scale1)  # noqa: E731
         norm2 = lambda y: modulate(self.norm2(y), shift2, scale2)  # noqa: E731
-        attn, mem_attn = self.attn(norm1(x), angles, None if memory is None else norm1(memory))
+        attn, mem_attn = self.attn(norm1(x), rotation, None if memory is None else norm1(memory))
         x = x + gate1[:, None] * attn
         x = x + gate2[:, None] * self.mlp(norm2(x))
         if memory is not None:  # psi's own stream through the same block weights
@@ -217,33 +224,33 @@ class VideoDiT(nn.Module):
         noisy [b, T, c, h, w] at time t [b]; segment_index [b] (which segment of the video);
         history [b, K, c, h, w] the K latent frames before the segment, oldest first, zeros where
         the video has none (any K >= 0 in `full_history` mode); image [b, 1, c, h, w] the reference latent; text [b, n, text_dim]
-        with text_mask [b, n] (used for pooling); memory [b, m, width] SemanticPack's psi_n.
+        with text_mask [b, n] (used for pooling); memory [b, n_psi, width] SemanticPack's psi_n.
         """
         b, frames, _, h, w = noisy.shape
         hist_t, noisy_t = frame_indices(segment_index, frames, history.shape[1], self.rope_layout)
         zero_t = torch.zeros(b, 1, device=noisy.device)
 
-        # Visual tokens and their (t, h, w) positions: image | context | noisy.
-        img_tok, img_pos = self.context.embed(image, zero_t, scale=1)
+        # Visual tokens and their RoPE tables at (t, h, w): image | context | noisy.
+        img_tok, img_rot = self.context.embed(image, zero_t, 1, self.rope)
         if self.context_mode == "framepack":
-            ctx_tok, ctx_pos = self.context(history, hist_t)
+            ctx_tok, ctx_rot = self.context(history, hist_t, self.rope)
         elif history.shape[1]:  # full history: every previous latent frame, uncompressed
-            ctx_tok, ctx_pos = self.context.embed(history, hist_t, scale=1)
+            ctx_tok, ctx_rot = self.context.embed(history, hist_t, 1, self.rope)
         else:
-            ctx_tok, ctx_pos = img_tok[:, :0], img_pos[:, :0]
+            ctx_tok, ctx_rot = img_tok[:, :0], img_rot[:, :0]
         x_tok = rearrange(
             self.x_embed(rearrange(noisy, "b f c h w -> b c f h w")), "b d f h w -> b (f h w) d"
         )
         x_pos = rearrange(
             grid_positions(noisy_t, h // 2, w // 2), "b three f h w -> b (f h w) three"
         )
-        visual_pos = torch.cat((img_pos, ctx_pos, x_pos), dim=1)
+        x_rot = self.rope(x_pos)
 
         # Unrotated leading text tokens; memory psi_n follows them as its own gated stream.
         txt_tok = self.text_proj(text)
         tokens = torch.cat([txt_tok, img_tok, ctx_tok, x_tok], dim=1)
-        angles = self.rope(visual_pos)
-        angles = torch.cat((angles.new_zeros(b, txt_tok.shape[1], angles.shape[-1]), angles), 1)
+        txt_rot = identity_rotation(b, txt_tok.shape[1], x_rot.shape[2], x_rot)
+        rotation = torch.cat((txt_rot, img_rot, ctx_rot, x_rot), dim=1)
 
         # Conditioning vector: timestep + pooled prompt (MM-DiT style), drives every adaLN.
         mask = text_mask.to(txt_tok.dtype)[..., None]
@@ -252,9 +259,9 @@ class VideoDiT(nn.Module):
 
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                tokens, memory = checkpoint(block, tokens, c, angles, memory, use_reentrant=False)
+                tokens, memory = checkpoint(block, tokens, c, rotation, memory, use_reentrant=False)
             else:
-                tokens, memory = block(tokens, c, angles, memory)
+                tokens, memory = block(tokens, c, rotation, memory)
 
         out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
         kt, kh, kw = PATCH_1X

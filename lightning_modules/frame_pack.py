@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from lightning_modules.rope import grid_positions
+from lightning_modules.rope import Rope3D, grid_positions
 
 PATCH_1X = (1, 2, 2)
 PATCH_2X = (2, 4, 4)
@@ -69,11 +69,12 @@ class FramePackContext(nn.Module):
             total += (n // kt) * -(-h // kh) * -(-w // kw)
         return total
 
-    def embed(self, x: Tensor, t_index: Tensor, scale: int) -> tuple[Tensor, Tensor]:
-        """Patchify x [b, f, c, h, w] at ratio `scale` (1, 2 or 4).
+    def embed(self, x: Tensor, t_index: Tensor, scale: int, rope: Rope3D) -> tuple[Tensor, Tensor]:
+        """Patchify x [b, f, c, h, w] at ratio `scale` (1, 2 or 4) at temporal indices [b, f].
 
-        Returns tokens [b, n, d] and positions [b, n, 3]; a compressed token's position is the
-        mean of the 1x positions it covers (positions are pooled exactly like the content).
+        Returns tokens [b, n, d] and their RoPE tables [b, n, d_head/2, 2]. As in FramePack, a
+        compressed token's table is the mean of the (cos, sin) tables of the 1x positions it
+        covers, replicate-padded like the latents (the table is pooled exactly like the content).
         """
         proj, kernel = {
             1: (self.proj_1x, PATCH_1X),
@@ -87,24 +88,27 @@ class FramePackContext(nn.Module):
         pad_h, pad_w = -h % kh, -w % kw
         x = rearrange(x, "b f c h w -> b c f h w")
         pos = grid_positions(t_index, h // 2, w // 2)  # [b, 3, f, h/2, w/2] in 1x-patch units
+        table = rope(rearrange(pos, "b three f h w -> b f h w three"))
+        table = rearrange(table, "b f h w d two -> b (d two) f h w")
         if pad_h or pad_w:  # FramePack replicate-pads history to multiples of the kernel
             x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
-            pos = F.pad(pos, (0, pad_w // 2, 0, pad_h // 2, 0, 0), mode="replicate")
+            table = F.pad(table, (0, pad_w // 2, 0, pad_h // 2, 0, 0), mode="replicate")
         tokens = rearrange(proj(x), "b d f h w -> b (f h w) d")
-        pos = F.avg_pool3d(pos, (kt, kh // 2, kw // 2))
-        return tokens, rearrange(pos, "b three f h w -> b (f h w) three")
+        if scale > 1:
+            table = F.avg_pool3d(table, (kt, kh // 2, kw // 2))
+        return tokens, rearrange(table, "b (d two) f h w -> b (f h w) d two", two=2)
 
-    def forward(self, history: Tensor, t_index: Tensor) -> tuple[Tensor, Tensor]:
-        """history [b, K, c, h, w] oldest first with temporal indices [b, K]."""
+    def forward(self, history: Tensor, t_index: Tensor, rope: Rope3D) -> tuple[Tensor, Tensor]:
+        """history [b, K, c, h, w] oldest first with temporal indices [b, K] -> (tokens, tables)."""
         n1, n2, n4 = self.counts
         if history.shape[1] != n1 + n2 + n4:
             raise ValueError(f"expected {n1 + n2 + n4} history frames, got {history.shape[1]}")
         parts = [(4, slice(0, n4)), (2, slice(n4, n4 + n2)), (1, slice(n4 + n2, None))]
-        tokens, pos = [], []
+        tokens, tables = [], []
         for scale, sl in parts:
             if sl.stop == sl.start or (sl.stop is None and n1 == 0):
                 continue
-            tok, p = self.embed(history[:, sl], t_index[:, sl], scale)
+            tok, table = self.embed(history[:, sl], t_index[:, sl], scale, rope)
             tokens.append(tok)
-            pos.append(p)
-        return torch.cat(tokens, dim=1), torch.cat(pos, dim=1)
+            tables.append(table)
+        return torch.cat(tokens, dim=1), torch.cat(tables, dim=1)

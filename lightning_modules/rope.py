@@ -1,10 +1,12 @@
 """3D rotary position embedding over (t, h, w) with RoPE consistency (Sec. 3.1, Eq. 2).
 
-Every visual token carries a float position (t, h, w): t is the latent frame index in the WHOLE
-video with the reference image at index 0 (the paper treats the image as a CLS-like token at the
-start of the video), h and w are 1x-patch grid coordinates. Compressed FramePack groups carry the
-mean position of what they cover, so positions may be fractional. Text and memory tokens are not
-rotated (identity rotation): they have no place in space-time.
+Every visual token has a position (t, h, w): t is the latent frame index in the WHOLE video with
+the reference image at index 0 (the paper treats the image as a CLS-like token at the start of the
+video), h and w are 1x-patch grid coordinates. A position becomes a rotation table: (cos, sin) of
+each rotary pair's angle. A compressed FramePack group gets the MEAN of the tables of the 1x
+positions it covers, as FramePack does (its RoPE frequencies are average-pooled with the group's
+kernel), which rotates and also shrinks the pair, unlike the table of the mean position. Text and
+memory tokens are not rotated (identity table): they have no place in space-time.
 """
 
 from typing import Literal
@@ -26,7 +28,7 @@ def split_head_dim(head_dim: int) -> tuple[int, int, int]:
 
 
 class Rope3D(torch.nn.Module):
-    """Maps positions [b, n, 3] to rotation angles [b, n, head_dim / 2]."""
+    """Maps positions [b, n, 3] to rotation tables [b, n, head_dim / 2, 2] = (cos, sin)."""
 
     def __init__(self, head_dim: int, theta: float = 10000.0) -> None:
         super().__init__()
@@ -35,16 +37,26 @@ class Rope3D(torch.nn.Module):
             inv = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim)
             self.register_buffer(f"inv_freq_{name}", inv.float(), persistent=False)
 
-    def forward(self, pos: Tensor) -> Tensor:
+    def angles(self, pos: Tensor) -> Tensor:
+        """Rotation angle of each rotary pair [..., head_dim / 2] at positions [..., 3]."""
         freqs = (self.inv_freq_t, self.inv_freq_h, self.inv_freq_w)
         angles = [pos[..., i, None].float() * f for i, f in enumerate(freqs)]
         return torch.cat(angles, dim=-1)
 
+    def forward(self, pos: Tensor) -> Tensor:
+        angles = self.angles(pos)
+        return torch.stack((angles.cos(), angles.sin()), dim=-1)
 
-def apply_rope(x: Tensor, angles: Tensor) -> Tensor:
-    """Rotate pairs of channels of x [b, heads, n, d] by angles [b, n, d/2]."""
-    cos = angles.cos()[:, None].to(x.dtype)
-    sin = angles.sin()[:, None].to(x.dtype)
+
+def identity_rotation(b: int, n: int, pairs: int, like: Tensor) -> Tensor:
+    """The table of unrotated tokens [b, n, pairs, 2]: cos 1, sin 0."""
+    return torch.stack((like.new_ones(b, n, pairs), like.new_zeros(b, n, pairs)), dim=-1)
+
+
+def apply_rope(x: Tensor, rotation: Tensor) -> Tensor:
+    """Rotate pairs of channels of x [b, heads, n, d] by the table [b, n, d/2, 2] (cos, sin)."""
+    cos = rotation[..., 0][:, None].to(x.dtype)
+    sin = rotation[..., 1][:, None].to(x.dtype)
     x1, x2 = rearrange(x, "... (d two) -> two ... d", two=2)
     return rearrange(
         torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos)), "two ... d -> ... (d two)"

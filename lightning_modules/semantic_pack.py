@@ -4,9 +4,16 @@
     psi_{n+1} = Squeeze(psi_n, Memorize(x^n))                                   (Eq. 1)
 
 Memorize runs self-attention inside windows of a segment's latent tokens and reduces them to m
-memory tokens; Squeeze is a cross-attention layer (+ MLP) whose query is the Memorize output and
-whose key/value is psi_n (structure A, the paper's choice). psi has a FIXED shape [b, m, width]
-whatever the video length, so every update and every DiT call costs the same: N segments cost O(N).
+visual tokens; Squeeze is a cross-attention layer (+ MLP) whose query is the Memorize output and
+whose key/value is psi_n (structure A, the paper's choice). The output has the query's tokens.
+
+Token counts (App. A.1 argues with them). A's query is the visual summary, so psi is m tokens
+(psi_0 is pooled to m slots so that it has the shape of every later psi). B's query is psi itself,
+seeded by the n_text + n_image prompt and image tokens, unpooled, so psi keeps that many. C's first
+query concatenates those tokens with the first segment's m visual tokens, then follows B, so psi
+has n_text + n_image + m tokens (psi_0 holds m learned placeholders where the first window's tokens
+will go). Whatever the structure, psi's shape is FIXED over the video, so every update and every
+DiT call costs the same: N segments cost O(N).
 """
 
 from typing import Literal
@@ -25,7 +32,7 @@ PsiInit = Literal["semantic", "zero"]
 class MultiHeadAttention(nn.Module):
     """Attention from `query` [b, m, d] to `context` [b, n, d] with QK-RMSNorm (as in the DiT).
 
-    With `angles` (self-attention only, query is context) both q and k are rotated by 3D RoPE.
+    With `rotation` (self-attention only, query is context) q and k are rotated by 3D RoPE.
     """
 
     def __init__(self, width: int, heads: int) -> None:
@@ -39,14 +46,18 @@ class MultiHeadAttention(nn.Module):
         self.k_norm = nn.RMSNorm(width // heads)
         self.proj = nn.Linear(width, width)
 
-    def forward(self, query: Tensor, context: Tensor, angles: Tensor | None = None) -> Tensor:
+    def forward(self, query: Tensor, context: Tensor, rotation: Tensor | None = None) -> Tensor:
         q = self.q_norm(rearrange(self.q(query), "b m (h d) -> b h m d", h=self.heads))
         k, v = rearrange(self.kv(context), "b n (two h d) -> two b h n d", two=2, h=self.heads)
         k = self.k_norm(k)
-        if angles is not None:
-            q, k = apply_rope(q, angles), apply_rope(k, angles)
+        if rotation is not None:
+            q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(rearrange(out, "b h m d -> b m (h d)"))
+
+
+def learned_tokens(n: int, width: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(n, width) * width**-0.5)
 
 
 def mlp(width: int, ratio: float) -> nn.Sequential:
@@ -65,7 +76,7 @@ class AttentionPool(nn.Module):
 
     def __init__(self, width: int, heads: int, slots: int) -> None:
         super().__init__()
-        self.slots = nn.Parameter(torch.randn(slots, width) * width**-0.5)
+        self.slots = learned_tokens(slots, width)
         self.norm_kv = nn.LayerNorm(width)
         self.attn = MultiHeadAttention(width, heads)
 
@@ -138,7 +149,7 @@ class Memorize(nn.Module):
         x = rearrange(tok, "b (n f) h w d -> (b n) (f h w) d", f=window)
         t_local = torch.arange(window, device=segment.device)[None]
         pos = rearrange(grid_positions(t_local, h, w), "b three f h w -> b (f h w) three")
-        x = x + self.attn(self.norm1(x), self.norm1(x), angles=self.rope(pos))
+        x = x + self.attn(self.norm1(x), self.norm1(x), rotation=self.rope(pos))
         x = x + self.mlp(self.norm2(x))
         return self.reduce(rearrange(x, "(b n) l d -> b (n l) d", b=b))
 
@@ -166,19 +177,20 @@ class Squeeze(nn.Module):
 
 
 class SemanticPack(nn.Module):
-    """Long-term memory psi [b, m, width] updated once per segment by Eq. 1.
+    """Long-term memory psi [b, n_psi, width] updated once per segment by Eq. 1.
 
     Args:
         latent_channels: channels of the codec's latent (the DiT's `latent_channels`).
         text_dim: width of the text encoder's features.
         width: memory token width; must equal the DiT's width (psi joins its token sequence).
-        memory_tokens: m, the fixed number of memory tokens.
+        memory_tokens: m, Memorize's visual tokens per segment; psi's size for structure A.
         window_frames: latent frames per Memorize attention window (divides the segment length).
         patch: Memorize's (t, h, w) patch of the latent; coarser is cheaper.
         heads, mlp_ratio: size of the Memorize / Squeeze layers.
-        structure: `A` query = Memorize(x^n), key/value = psi_n (the paper's); `B` query = psi_n
-            (seeded by text + image), key/value = Memorize(x^n); `C` as B, but the first update's
-            query is enriched with the first segment's visual tokens (App. A.1, Fig. 6).
+        structure: `A` query = Memorize(x^n), key/value = psi_n (the paper's); psi: m tokens.
+            `B` query = psi_n, seeded by the prompt + image tokens, key/value = Memorize(x^n);
+            psi: n_text + n_image tokens. `C` the first query is the prompt + image tokens
+            concatenated with Memorize(x^0), then B; psi: n_text + n_image + m tokens (App. A.1).
         psi_init: `semantic` psi_0 from prompt + image (Sec. 3.1); `zero` the zero-MemoryPack
             ablation (Sec. 4.3).
         memory_bptt: teacher forcing backpropagates through the last `memory_bptt` updates of the
@@ -222,27 +234,44 @@ class SemanticPack(nn.Module):
         self.squeeze = Squeeze(width, heads, mlp_ratio)
         if psi_init == "semantic":
             self.text_proj = nn.Linear(text_dim, width)
-            self.init_pool = AttentionPool(width, heads, memory_tokens)
-        if structure == "C":  # channel-concat keeps m tokens: psi's size stays fixed
-            self.enrich = nn.Linear(2 * width, width)
+            if structure == "A":  # psi_0 takes the shape of A's psi: m tokens
+                self.init_pool = AttentionPool(width, heads, memory_tokens)
+        if structure == "C":  # stand-ins for the first window's visual tokens until it exists
+            self.first_window = learned_tokens(memory_tokens, width)
 
     # ----------------------------------------------------------------- n = 0
     def init(self, text: Tensor, image: Tensor) -> Tensor:
         """psi_0 from prompt features [b, n, text_dim] and the reference latent [b, 1, c, h, w].
 
-        Sec. 3.1 sets psi_0 to the concatenation of prompt and image features; we concatenate them
-        as tokens and pool the result to the m slots, so psi_0 has the shape of every later psi.
+        Sec. 3.1 sets psi_0 to the concatenation of prompt and image features (as tokens; the
+        image in Memorize's patches). A pools them to its m slots, B keeps them, C appends the
+        m placeholders of the first window: psi_0 has the shape of every later psi.
         Padding text tokens are kept, as in the DiT, so the empty prompt is a distinct condition.
         """
         b = image.shape[0]
         if self.psi_init == "zero":
-            return image.new_zeros(b, self.memory_tokens, self.width)
+            return image.new_zeros(b, self.psi_tokens(text.shape[1], image), self.width)
         img = rearrange(self.memorize.tokens(image), "b f h w d -> b (f h w) d")
-        return self.init_pool(torch.cat((self.text_proj(text), img), dim=1))
+        psi = torch.cat((self.text_proj(text), img), dim=1)
+        if self.structure == "A":
+            return self.init_pool(psi)
+        if self.structure == "C":
+            slots = repeat(self.first_window, "m d -> b m d", b=b).to(psi.dtype)
+            psi = torch.cat((psi, slots), dim=1)
+        return psi
+
+    def psi_tokens(self, text_tokens: int, image: Tensor) -> int:
+        """psi's (fixed) token count for this structure, prompt length and image latent."""
+        if self.structure == "A":
+            return self.memory_tokens
+        pt, ph, pw = self.memorize.patch
+        h, w = image.shape[-2:]
+        base = text_tokens + -(-image.shape[1] // pt) * -(-h // ph) * -(-w // pw)
+        return base + (self.memory_tokens if self.structure == "C" else 0)
 
     # ----------------------------------------------------------------- Eq. 1
     def forward(self, psi: Tensor, segment: Tensor, step: int | None = None) -> Tensor:
-        """psi_{n+1} from psi_n [b, m, d] and segment x^n [b, T, c, h, w]; `step` is n."""
+        """psi_{n+1} from psi_n [b, n_psi, d] and segment x^n [b, T, c, h, w]; `step` is n."""
         return self.squeeze_step(psi, self.memorize(segment), step)
 
     def squeeze_step(self, psi: Tensor, visual: Tensor, step: int | None = None) -> Tensor:
@@ -253,8 +282,9 @@ class SemanticPack(nn.Module):
             return self.squeeze(psi, visual)
         if step is None:
             raise ValueError("SemanticPack structure 'C' needs the segment index `step`")
-        query = self.enrich(torch.cat((psi, visual), dim=-1)) if step == 0 else psi
-        return self.squeeze(query, visual)
+        if step == 0:  # the first window's visual tokens take the placeholders' place
+            psi = torch.cat((psi[:, : -self.memory_tokens], visual), dim=1)
+        return self.squeeze(psi, visual)
 
     # ----------------------------------------------------------------- teacher forcing
     def teacher_forced(self, psi0: Tensor, segments: Tensor, target: Tensor) -> Tensor:

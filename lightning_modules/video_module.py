@@ -268,9 +268,16 @@ class VideoModule(L.LightningModule):
         text: tuple[Tensor, Tensor],
         null_text: tuple[Tensor, Tensor] | None,
         memory: Tensor | None = None,
+        null_memory: Tensor | None = None,
     ) -> rf.VelocityFn:
-        """v(x, t) for one segment, with classifier-free guidance batched into one call."""
+        """v(x, t) for one segment, with classifier-free guidance batched into one call.
+
+        The unconditional half reads `null_text` and `null_memory` (psi built from the empty
+        prompt, as training builds it for a dropped prompt); both are needed with a memory.
+        """
         scale = self.hparams.cfg_scale
+        if null_text is not None and scale != 1.0 and (memory is None) != (null_memory is None):
+            raise ValueError("classifier-free guidance needs psi for both halves or for neither")
 
         def velocity(x: Tensor, t: Tensor) -> Tensor:
             if null_text is None or scale == 1.0:
@@ -278,9 +285,10 @@ class VideoModule(L.LightningModule):
             two = lambda a: None if a is None else torch.cat((a, a))  # noqa: E731
             tokens = torch.cat((text[0], null_text[0]))
             mask = torch.cat((text[1], null_text[1]))
+            psi = None if memory is None else torch.cat((memory, null_memory))
             v = self.dit(
                 two(x), two(t), two(segment_index), two(history), two(image), tokens, mask,
-                memory=two(memory),
+                memory=psi,
             )  # fmt: skip
             cond, uncond = v.chunk(2)
             return rf.guided(cond, uncond, scale)
@@ -325,11 +333,16 @@ class VideoModule(L.LightningModule):
         text = self.text_encoder(list(captions))
         null_text = self.text_encoder([""] * b) if self.hparams.cfg_scale != 1.0 else None
         psi = self.init_memory(text, image_lat)
+        # CFG's unconditional half has its own memory: psi_0 from the empty prompt, updated with
+        # the same segments (training builds psi_0 from "" for a dropped prompt too).
+        null_psi = None if null_text is None else self.init_memory(null_text, image_lat)
 
-        def remember(history: Tensor, psi: Tensor | None, seg: Tensor, k: int) -> tuple:
-            """Segment k joins the FramePack history and SemanticPack's recurrence (Eq. 1)."""
+        def remember(seg: Tensor, k: int) -> None:
+            """Segment k joins the FramePack history and both memories' recurrence (Eq. 1)."""
+            nonlocal history, psi, null_psi
             history = torch.cat((history, seg), dim=1)
-            return history if keep is None else history[:, -keep:], self.update_memory(psi, seg, k)
+            history = history if keep is None else history[:, -keep:]
+            psi, null_psi = self.update_memory(psi, seg, k), self.update_memory(null_psi, seg, k)
 
         out, start = [], 0
         if prefix is not None:
@@ -342,19 +355,18 @@ class VideoModule(L.LightningModule):
             start = given // pixel_frames
             known = self.codec.encode(prefix.to(image_lat))
             for j in range(start):  # the real segments take the place of generated ones
-                history, psi = remember(history, psi, known[:, j * frames : (j + 1) * frames], j)
+                remember(known[:, j * frames : (j + 1) * frames], j)
             out.append(to_uint8(prefix).cpu())
         for k in tqdm(
             range(start, num_segments), desc="rollout", disable=not progress, leave=False
         ):
             seg_idx = torch.full((b,), k, device=image.device, dtype=torch.long)
             noise = torch.randn((b, frames, c, h, w), generator=generator, device=image.device)
-            v = self.velocity_fn(seg_idx, history, image_lat, text, null_text, psi)
+            v = self.velocity_fn(seg_idx, history, image_lat, text, null_text, psi, null_psi)
             seg = rf.euler_sample(
                 v, noise.to(image_lat), self.hparams.sample_steps, shift=self.hparams.sample_shift
             )
-            # the recurrence runs on what was generated
-            history, psi = remember(history, psi, seg, k)
+            remember(seg, k)  # the recurrence runs on what was generated
             out.append(to_uint8(self.codec.decode(seg)).cpu())
             if on_segment is not None:
                 on_segment(k)

@@ -2,11 +2,13 @@
 
 import fnmatch
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
+import yaml
 from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader
 
@@ -18,6 +20,8 @@ from lightning_modules.codec import SpaceToDepthCodec
 from lightning_modules.direct_forcing import DirectForcingModule
 from lightning_modules.dit import VideoDiT
 from lightning_modules.frame_pack import gather_history
+from lightning_modules.semantic_pack import SemanticPack
+from lightning_modules.stage1_checkpoint import architecture_of
 from lightning_modules.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule
 from train import main
@@ -25,15 +29,23 @@ from train import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def parts(width: int = 32, patch: int = 2, channels: int = 12, text_dim: int = 16) -> dict:
+def parts(
+    width: int = 32, patch: int = 2, channels: int = 12, text_dim: int = 16,
+    context: str = "framepack", memory: bool = False,
+) -> dict:  # fmt: skip
     dit = VideoDiT(
         latent_channels=channels, text_dim=text_dim, width=width, depth=1, heads=2,
-        frame_pack=(1, 2, 4),
+        frame_pack=(1, 2, 4), context=context,
+    )  # fmt: skip
+    pack = SemanticPack(
+        latent_channels=channels, text_dim=text_dim, width=width, memory_tokens=4, heads=2,
+        window_frames=2,
     )  # fmt: skip
     return {
         "dit": dit,
         "codec": SpaceToDepthCodec(patch),
         "text_encoder": HashTextEncoder(text_dim),
+        **({"semantic_pack": pack} if memory else {}),
     }
 
 
@@ -56,9 +68,8 @@ def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def stage2(ckpt: Path, **kwargs: Any) -> DirectForcingModule:
-    return DirectForcingModule(
-        init_checkpoint=str(ckpt), warmup_steps=1, lr=1e-2, **parts(), **kwargs
-    )
+    """Stage 2 on the checkpoint's architecture (its saved hyperparameters hold the modules)."""
+    return DirectForcingModule(init_checkpoint=str(ckpt), warmup_steps=1, lr=1e-2, **kwargs)
 
 
 def videos(lengths: list[int], t: int = 2, size: int = 8) -> list[dict]:
@@ -92,14 +103,22 @@ class Recorder(L.Callback):
         self.modes.append((any(m.training for m in frozen), module.dit.head.training, len(frozen)))
 
 
-def record_segments(module: DirectForcingModule) -> list[dict[str, torch.Tensor]]:
-    """Wrap flow_loss and store_history so a test sees what the loss used and what was stored."""
-    calls: list[dict[str, torch.Tensor]] = []
+def record_segments(module: DirectForcingModule) -> list[dict[str, Any]]:
+    """Wrap flow_loss and store_history so a test sees what the loss used and what was stored.
+
+    Each call also keeps its arguments and the global RNG state before and after it (the loss
+    draws t and eps from it; the student sampler then draws its noise), so a test can redo it.
+    """
+    calls: list[dict[str, Any]] = []
     flow_loss = module.flow_loss
 
     def wrapped(x: torch.Tensor, seg: torch.Tensor, history: torch.Tensor, *a: Any) -> tuple:
+        before = torch.get_rng_state()
         out = flow_loss(x, seg, history, *a)
-        calls.append({"x": x, "history": history.clone(), "x_t": out[1], "t": out[2], "v": out[3]})
+        calls.append({
+            "x": x, "history": history.clone(), "x_t": out[1], "t": out[2], "v": out[3],
+            "args": (x, seg, history.clone(), *a), "rng": before, "rng_after": torch.get_rng_state(),
+        })  # fmt: skip
         return out
 
     module.flow_loss = wrapped  # type: ignore[method-assign]
@@ -149,21 +168,104 @@ def test_stored_history_is_the_one_step_estimate_or_the_truth(ckpt: Path, mode: 
         torch.testing.assert_close(calls[2]["history"], gather_history(truth, start, 7))
 
 
+def test_semantic_pack_memory_runs_on_the_one_step_estimate(tmp_path: Path) -> None:
+    """MemoryPack in stage 2: psi_0 from prompt + image, then psi_{i+1} = SemanticPack(psi_i,
+    x~^i) with the stored one-step estimate (Eq. 1 on inference-like history), not the truth."""
+    torch.manual_seed(0)
+    ckpt = stage1_checkpoint(tmp_path / "memorypack.ckpt", memory=True)
+    module = DirectForcingModule(
+        init_checkpoint=str(ckpt), warmup_steps=1, prompt_dropout=0.0, **parts(memory=True)
+    )
+    calls = record_segments(module)
+    fit(module, [3], max_steps=1)
+    pack = module.semantic_pack  # frozen: the step left it unchanged
+    text, image = module.text_encoder(["clip 0"]), calls[0]["args"][3]
+    with torch.no_grad():
+        psi = pack.init(text[0], image)
+        for i, call in enumerate(calls):
+            torch.testing.assert_close(call["args"][5], psi)
+            truth = pack(psi, call["x"], step=i)
+            psi = pack(psi, call["stored"], step=i)
+            assert not torch.allclose(psi, truth, atol=1e-4)  # the estimate is what counts
+    assert len(calls) == 3 and not torch.allclose(calls[2]["args"][5], calls[0]["args"][5])
+
+
 def test_student_history_runs_the_sampler(ckpt: Path) -> None:
+    """The stored history is k Euler steps (Eq. 6) from fresh noise, with the weights that
+    produced the segment's loss: redone here by hand from the same noise."""
     module = stage2(ckpt, history="student", student_steps=2)
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
     calls = record_segments(module)
     fit(module, [2], max_steps=1)
-    estimate = rf.one_step_estimate(calls[0]["x_t"], calls[0]["v"], calls[0]["t"])
-    assert not torch.allclose(calls[0]["stored"], estimate, atol=1e-4)
-    assert not torch.allclose(calls[0]["stored"], calls[0]["x"], atol=1e-4)
+    module.load_state_dict(weights)  # the step came after both segments' histories
+    call = calls[0]
+    x, seg, history, image, text, psi = call["args"][:6]
+    torch.set_rng_state(call["rng_after"])  # the sampler's noise is the next draw
+    sample = torch.randn_like(x)
+    with torch.no_grad():
+        for t in (0.0, 0.5):  # 2 Euler steps of dt = 1/2 from t = 0 (noise) to 1 (data)
+            v = module.dit(sample, torch.full((1,), t), seg, history, image, *text, memory=psi)
+            sample = sample + 0.5 * v
+    torch.testing.assert_close(call["stored"], sample)
+    estimate = rf.one_step_estimate(call["x_t"], call["v"], call["t"])
+    assert not torch.allclose(call["stored"], estimate, atol=1e-4)
+    assert not torch.allclose(call["stored"], call["x"], atol=1e-4)
 
 
-@pytest.mark.parametrize(("per_step", "steps"), [(None, 2), (2, 4), (1, 6)])
+def test_full_history_context_conditions_on_every_stored_segment(tmp_path: Path) -> None:
+    """`context: full_history` in stage 2: segment i reads all i earlier stored estimates."""
+    torch.manual_seed(0)
+    ckpt = stage1_checkpoint(tmp_path / "full.ckpt", context="full_history")
+    module = DirectForcingModule(
+        init_checkpoint=str(ckpt), warmup_steps=1, **parts(context="full_history")
+    )
+    calls = record_segments(module)
+    fit(module, [3, 2], batch_size=2)  # ragged: the second video stops after 2 segments
+    frames = calls[0]["x"].shape[1]
+    assert [c["history"].shape[:2] for c in calls] == [(2, 0), (2, frames), (1, 2 * frames)]
+    torch.testing.assert_close(calls[1]["history"], calls[0]["stored"])
+    past = torch.cat((calls[0]["stored"][:1], calls[1]["stored"][:1]), dim=1)
+    torch.testing.assert_close(calls[2]["history"], past)
+
+
+class GradientProbe(L.Callback):
+    """Checks, before every optimizer step, that the accumulated gradient of the trainable
+    parameters is the sum over the window's segments of grad(segment loss) / window size."""
+
+    def __init__(self, calls: list[dict[str, Any]], flow_loss: Any) -> None:
+        self.calls, self.flow_loss = calls, flow_loss
+        self.done = 0  # calls already checked (earlier windows)
+        self.windows: list[int] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: Any, optimizer: Any) -> None:
+        params = [p for p in module.parameters() if p.requires_grad]
+        window = self.calls[self.done :]
+        self.done = len(self.calls)
+        self.windows.append(len(window))
+        state = torch.get_rng_state()
+        expected = [torch.zeros_like(p) for p in params]
+        for call in window:  # redo each segment's loss: same inputs, same t and eps draws
+            torch.set_rng_state(call["rng"])
+            with torch.enable_grad():
+                loss = self.flow_loss(*call["args"])[0]
+                grads = torch.autograd.grad(loss, params)
+            expected = [e + g / len(window) for e, g in zip(expected, grads, strict=True)]
+        torch.set_rng_state(state)
+        assert all(e.abs().sum() > 0 for e in expected)  # every trainable tensor gets gradient
+        for p, e in zip(params, expected, strict=True):
+            torch.testing.assert_close(p.grad, e, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(("per_step", "windows"), [(None, [3, 3]), (2, [2, 1, 2, 1]), (1, [1] * 6)])
 def test_one_optimizer_step_per_video_or_window(
-    ckpt: Path, per_step: int | None, steps: int
+    ckpt: Path, per_step: int | None, windows: list[int]
 ) -> None:
-    trainer = fit(stage2(ckpt, segments_per_step=per_step), [3, 3])
-    assert trainer.global_step == steps
+    module = stage2(ckpt, segments_per_step=per_step)
+    flow_loss = module.flow_loss
+    probe = GradientProbe(record_segments(module), flow_loss)
+    trainer = fit(module, [3, 3], callbacks=[probe])
+    assert trainer.global_step == len(windows)
+    assert probe.windows == windows  # the segments each step accumulated
 
 
 def test_ddp_all_reduces_once_per_optimizer_step(ckpt: Path) -> None:
@@ -234,17 +336,46 @@ def test_curriculum_shards_equal_length_batches_across_ranks() -> None:
 def test_missing_or_mismatched_stage1_checkpoint_fails_clearly(ckpt: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist: stage 2 starts from stage-1"):
         stage2(tmp_path / "nope.ckpt")
-    wide = stage1_checkpoint(tmp_path / "wide.ckpt", width=16)
-    with pytest.raises(ValueError, match=r"shape mismatches .*dit.x_embed.weight: checkpoint"):
-        stage2(wide)
     state = torch.load(ckpt, weights_only=False)["state_dict"]
+    torch.save({"state_dict": state}, tmp_path / "bare.ckpt")  # weights only, no hyperparameters
+    with pytest.raises(ValueError, match="no saved hyperparameters .* pass dit"):
+        stage2(tmp_path / "bare.ckpt")
+    assert stage2(tmp_path / "bare.ckpt", **parts()).dit.width == 32  # explicit: used as given
+    with pytest.raises(ValueError, match=r"shape mismatches .*dit.x_embed.weight: checkpoint"):
+        stage2(tmp_path / "bare.ckpt", **parts(width=16))
     state["dit.extra"] = torch.zeros(1)
     del state["dit.head.linear.bias"]
     torch.save({"state_dict": state}, tmp_path / "keys.ckpt")
     with pytest.raises(ValueError, match=r"missing keys \(1\): dit.head.linear.bias; unexpected"):
-        stage2(tmp_path / "keys.ckpt")
+        stage2(tmp_path / "keys.ckpt", **parts())
     with pytest.raises(ValueError, match="trainable pattern 'dit.nothing.\\*' matches no"):
         stage2(ckpt, trainable=["dit.nothing.*"])
+
+
+def test_architecture_comes_from_the_checkpoint_and_overrides_must_match(ckpt: Path) -> None:
+    """A stage-1 run outside the CLI saves its modules in the hyperparameters: stage 2 rebuilds
+    them; an explicit part equal to stage 1's is accepted, a different one is refused, also where
+    the weights' shapes agree (RoPE layout and base)."""
+    stage1 = torch.load(ckpt, weights_only=False)["hyper_parameters"]
+    module = stage2(ckpt)
+    for part in ("dit", "codec", "text_encoder"):
+        assert architecture_of(getattr(module, part)) == architecture_of(stage1[part]), part
+    assert module.semantic_pack is None  # stage 1 had none
+    same = parts()
+    assert stage2(ckpt, **same).dit is same["dit"]  # equal to stage 1's: used as given
+    relative = parts()["dit"]
+    relative.rope_layout = "relative"
+    with pytest.raises(ValueError, match="dit.rope_layout: given 'relative', stage 1 'absolute'"):
+        stage2(ckpt, dit=relative)
+    theta = VideoDiT(
+        latent_channels=12, text_dim=16, width=32, depth=1, heads=2, frame_pack=(1, 2, 4),
+        rope_theta=500.0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="dit.rope.inv_freq_t: given"):
+        stage2(ckpt, dit=theta)
+    pack = SemanticPack(latent_channels=12, text_dim=16, width=32, memory_tokens=4, heads=2)
+    with pytest.raises(ValueError, match="semantic_pack: given SemanticPack, stage 1 None"):
+        stage2(ckpt, semantic_pack=pack)
 
 
 class CapRecorder(L.Callback):
@@ -254,6 +385,48 @@ class CapRecorder(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, module: Any, batch: dict, *a: Any) -> None:
         cap = trainer.datamodule.curriculum_max_segments
         self.caps.append((cap, int(batch["num_segments"].max())))
+
+
+class CurriculumData(L.LightningDataModule):
+    """In-memory videos behind the curriculum sampler, with VideoDataModule's schedule property."""
+
+    curriculum_max_segments = VideoDataModule.curriculum_max_segments
+
+    def __init__(self, lengths: list[int], curriculum: LengthCurriculum) -> None:
+        super().__init__()
+        self.curriculum = curriculum
+        self.train_set = SimpleNamespace(items=videos(lengths), lengths=lengths)
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = CurriculumBatchSampler(self.train_set.lengths, 1, self.curriculum)
+        items = self.train_set.items
+        return DataLoader(items, batch_sampler=sampler, collate_fn=collate_videos)
+
+
+class DrawnRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, int]] = []  # (logged curriculum length, batch length)
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: Any, out: Any, batch: dict, *a: Any
+    ) -> None:
+        logged = float(trainer.callback_metrics["train/curriculum_max_segments"])
+        self.rows.append((logged, int(batch["num_segments"].max())))
+
+
+def test_logged_curriculum_length_is_the_batch_drawn(ckpt: Path) -> None:
+    """The pass walks three 1-segment videos before the 2-segment one although the schedule
+    admits 2 segments from batch 1 on: the log must show what was trained, not the schedule."""
+    lengths = [1, 1, 1, 2]
+    data = CurriculumData(lengths, LengthCurriculum(start_segments=1, grow_every=1))
+    rec = DrawnRecorder()
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_steps=4, callbacks=[rec],
+    )  # fmt: skip
+    trainer.fit(stage2(ckpt), data)
+    assert [drawn for _, drawn in rec.rows] == [1, 1, 1, 2]  # the schedule's cap: 1, 2, 2, 2
+    assert [logged for logged, _ in rec.rows] == [1.0, 1.0, 1.0, 2.0]
 
 
 def test_resume_mid_curriculum_continues_at_saved_length(tmp_path: Path) -> None:
@@ -291,31 +464,55 @@ def test_resume_mid_curriculum_continues_at_saved_length(tmp_path: Path) -> None
         assert rec.caps[0][1] == lengths[saved["queue"][0]]
 
 
-def test_cli_stage2_fast_dev_run(tmp_path: Path) -> None:
-    """The README sequence: stage 1 through the CLI, then stage 2 from its last.ckpt."""
-    common = [
-        "--config", str(ROOT / "tests/configs/tiny.yaml"),
-        f"--data.init_args.data_dir={tmp_path / 'data'}",
-        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}",
-        f"--trainer.default_root_dir={tmp_path / 'runs'}",
+def test_cli_stage2_takes_its_architecture_from_stage1(tmp_path: Path) -> None:
+    """The README sequence: stage 1 through the CLI, then stage 2 from its last.ckpt with a config
+    that names no architecture; then the stage-2 run resumed with `fit --ckpt_path`."""
+    stage2_config = yaml.safe_load((ROOT / "configs/stage2_direct_forcing.yaml").read_text())
+    architecture = {"dit", "codec", "text_encoder", "semantic_pack"}
+    assert not architecture & set(stage2_config["model"]["init_args"])  # no copy to drift
+    run = [
+        f"--data.init_args.data_dir={tmp_path / 'data'}", "--trainer.logger=false",
+        f"--trainer.default_root_dir={tmp_path / 'runs'}", "--trainer.limit_val_batches=0",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+        "--trainer.callbacks.save_last=true",
     ]  # fmt: skip
     stage1 = main([
-        "fit", "--config", str(ROOT / "configs/stage1.yaml"), *common, "--trainer.max_steps=1",
-        "--trainer.limit_val_batches=0",
+        "fit", "--config", str(ROOT / "configs/stage1.yaml"),
+        "--config", str(ROOT / "tests/configs/tiny.yaml"), *run, "--trainer.max_steps=1",
+        f"--trainer.callbacks.dirpath={tmp_path / 's1'}",
     ])  # fmt: skip
     ckpt1 = stage1.trainer.checkpoint_callback.last_model_path
     assert Path(ckpt1).is_file()
-    cli = main([
-        "fit",
+    stage2_args = [
         "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
-        *common,
-        f"--model.init_args.init_checkpoint={ckpt1}",
-        "--trainer.fast_dev_run=1",
-    ])  # fmt: skip
+        "--config", str(ROOT / "tests/configs/tiny_stage2.yaml"), *run,
+        f"--model.init_args.init_checkpoint={ckpt1}", f"--trainer.callbacks.dirpath={tmp_path / 's2'}",
+    ]  # fmt: skip
+    cli = main(["fit", *stage2_args, "--trainer.max_steps=1"])
     assert isinstance(cli.model, DirectForcingModule)
     assert cli.trainer.global_step == 1
+    for part in architecture:  # stage 1's tiny architecture, not a default or a copy
+        assert architecture_of(getattr(cli.model, part)) == architecture_of(
+            getattr(stage1.model, part)
+        ), part
+    assert cli.model.dit.width == 32 and cli.model.semantic_pack.memory_tokens == 4
     metrics = cli.trainer.callback_metrics
     assert {"train/loss", "train/loss_seg_0", "train/trainable_param_norm"} <= set(metrics)
     shortest = min(cli.datamodule.train_set.lengths)  # the curriculum starts at the shortest
     assert metrics["train/curriculum_max_segments"] == shortest
     assert metrics["train/segments"] == shortest
+    # A resumed stage-2 run rebuilds the module from its own saved hyperparameters.
+    last2 = cli.trainer.checkpoint_callback.last_model_path
+    resumed = main(["fit", *stage2_args, "--trainer.max_steps=2", f"--ckpt_path={last2}"])
+    assert resumed.trainer.global_step == 2
+    # An explicit architecture must equal the checkpoint's; a different setting is refused.
+    dit = stage1.model.hparams["dit"]
+    overrides = {}
+    for layout in ("absolute", "relative"):
+        override = {"dit": {**dit, "init_args": {**dit["init_args"], "rope_layout": layout}}}
+        overrides[layout] = tmp_path / f"{layout}.yaml"
+        overrides[layout].write_text(yaml.safe_dump({"model": {"init_args": override}}))
+    same = main([*stage2_args, "--config", str(overrides["absolute"])], run=False)
+    assert same.model.dit.rope_layout == "absolute"
+    with pytest.raises(ValueError, match="dit.rope_layout: given 'relative', stage 1 'absolute'"):
+        main([*stage2_args, "--config", str(overrides["relative"])], run=False)

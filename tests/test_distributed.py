@@ -2,14 +2,20 @@
 
 The DDP run and the first FSDP2 run are launched together (they are mostly process start-up and
 rendezvous, so overlapping them halves the wall time); the FSDP2 run then resumes from its
-sharded `last.ckpt` directory.
+sharded `last.ckpt` directory. The DDP run is checked against a single-process run of the same
+global batches (`step_probe.single_process_reference`): the ranks must hold equal weights, and
+those weights must be the ones one process gets from the averaged gradient of both ranks' shares.
 """
 
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from launch import ROOT, finish, start
+from step_probe import probes, single_process_reference
+
+from train import main
 
 
 def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
@@ -28,8 +34,34 @@ def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
         "--trainer.accelerator=cpu",
         "--trainer.devices=2",
         "--trainer.strategy.init_args.process_group_backend=gloo",
+        "--trainer.callbacks+=step_probe.StepProbe",
+        f"--trainer.callbacks.directory={tmp / name / 'probe'}",
         *extra,
     ]  # fmt: skip
+
+
+def check_against_single_process(tmp: Path, probe: Path) -> None:
+    """DDP = one process stepping on the mean gradient of the ranks' shares of each batch."""
+    rank0, rank1 = probes(probe)
+    for a, b in zip(rank0, rank1, strict=True):  # one global batch: disjoint shares, all videos
+        assert not set(a["names"]) & set(b["names"]) and len(a["names"] + b["names"]) == 4
+    end = [torch.load(probe / f"weights_rank{r}_end.pt") for r in range(2)]
+    assert end[0].keys() == end[1].keys()
+    assert all(torch.equal(end[0][k], end[1][k]) for k in end[0])  # replicas stayed equal
+    cli = main([
+        "--config", str(ROOT / "configs/stage1.yaml"), "--config", str(ROOT / "tests/configs/tiny.yaml"),
+        f"--data.init_args.data_dir={tmp / 'data'}", "--trainer.logger=false",
+    ], run=False)  # fmt: skip
+
+    def rank_loss(module: torch.nn.Module, batch: dict, scale: float) -> None:
+        (module.teacher_forcing_loss(batch, module.hparams.prompt_dropout) * scale).backward()
+
+    clip = cli.trainer.gradient_clip_val
+    reference = single_process_reference(cli.model, probe, rank_loss, clip=clip)
+    start = torch.load(probe / "weights_rank0_start.pt")
+    assert any(not torch.equal(start[k], end[0][k]) for k in start)  # the run did train
+    for name, value in reference.items():
+        torch.testing.assert_close(end[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_ddp_and_fsdp2_on_two_cpu_ranks(tmp_path: Path) -> None:
@@ -40,6 +72,7 @@ def test_ddp_and_fsdp2_on_two_cpu_ranks(tmp_path: Path) -> None:
     fsdp = start(command(tmp_path / "f", "fsdp2", "fsdp2"), tmp_path / "fsdp.log")
     text = finish(ddp, tmp_path / "ddp.log")
     assert "max_steps=2` reached" in text
+    check_against_single_process(tmp_path, tmp_path / "ddp" / "probe")
     text = finish(fsdp, tmp_path / "fsdp.log")
     assert "max_steps=2` reached" in text
 

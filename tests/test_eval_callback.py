@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.rollout_eval import RolloutEvalCallback, shard_indices
 from datamodules.video_io import read_video
+from eval.backends.registry import build_backends
+from eval.video_scores import score_video
 
 FRAMES_PER_SEGMENT = 4
 
@@ -61,8 +63,19 @@ class _FakeDataModule(L.LightningDataModule):
         images = torch.nn.functional.interpolate(
             torch.rand(num_val, 3, 6, 8, generator=gen), size=(24, 32)
         )
+        # Held-out videos [s, f, 3, H, W] in [-1, 1]: the image sliding down; video 1 is shorter.
         self.val_set = [
-            {"image": img * 2 - 1, "caption": f"clip {i}"} for i, img in enumerate(images)
+            {
+                "image": img * 2 - 1,
+                "caption": f"clip {i}",
+                "video": torch.stack(
+                    [
+                        img.roll(t, dims=-2) * 2 - 1
+                        for t in range(FRAMES_PER_SEGMENT * (2 + (i != 1)))
+                    ]
+                ).unflatten(0, (-1, FRAMES_PER_SEGMENT)),
+            }
+            for i, img in enumerate(images)
         ]
 
     def _loader(self) -> DataLoader:
@@ -123,7 +136,7 @@ def test_callback_logs_metrics_curves_videos_and_tables(tmp_path: Path) -> None:
     key = "eval/long/subject_consistency@pixel"
     assert key in scalars and 0.0 < scalars[key][-1].value < 1.0  # rolling image: not static
     # 1 px per frame > threshold 6 * 24 / 256 = 0.56 px: the rollout counts as dynamic.
-    assert scalars["eval/short/dynamic_degree@opencv_dis"][-1].value == 1.0
+    assert scalars["eval/short/dynamic_degree@opencv_dis_verified"][-1].value == 1.0
     assert "eval/short/drift/subject_consistency@pixel" in scalars
     curve = scalars["eval_curve/long/subject_consistency@pixel"]
     assert sorted({event.step for event in curve}) == [0, 1, 2]
@@ -136,9 +149,59 @@ def test_callback_logs_metrics_curves_videos_and_tables(tmp_path: Path) -> None:
     assert frames.shape == (2 * FRAMES_PER_SEGMENT, 3, 24, 32)
     (table,) = run_dir.glob("eval_test_epoch*.csv")
     rows = list(csv.DictReader(table.open()))
-    assert [r["length"] for r in rows] == ["short", "long"]
-    assert float(rows[1]["subject_consistency@pixel"]) == pytest.approx(scalars[key][-1].value)
+    assert [(r["model"], r["length"]) for r in rows] == [
+        ("_FakeVideoModule", "short"),
+        ("ground truth", "short"),
+        ("_FakeVideoModule", "long"),
+        ("ground truth (1/2 shorter)", "long"),  # val video 1 has 2 segments, long needs 3
+    ]
+    assert float(rows[2]["subject_consistency@pixel"]) == pytest.approx(scalars[key][-1].value)
     assert table.with_suffix(".md").read_text().count("|") > 20
+
+    # The ground-truth rows are the held-out videos (cut to the length) scored alike.
+    backends = build_backends({"subject": "pixel"})
+    for row, segments in ((rows[1], 2), (rows[3], 3)):
+        truth = [
+            score_video(_frames(datamodule.val_set[i]["video"][:segments]), backends, fps=8.0)
+            for i in range(2)
+        ]
+        for column in ("imaging_quality@niqe_synthetic", "drift/imaging_quality@niqe_synthetic"):
+            expected = (truth[0][column] + truth[1][column]) / 2
+            assert float(row[column]) == pytest.approx(expected, rel=1e-6), column
+    long_truth = scalars["eval/long/ground_truth/subject_consistency@pixel"][-1].value
+    assert long_truth == pytest.approx(float(rows[3]["subject_consistency@pixel"]), rel=1e-6)
+    shorter = scalars["eval/long/ground_truth/fraction_shorter"][-1].value
+    assert shorter == pytest.approx(0.5)
+
+
+def _frames(video: torch.Tensor) -> torch.Tensor:
+    """[s, f, 3, H, W] in [-1, 1] -> uint8 [s * f, 3, H, W]."""
+    return ((video.flatten(0, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
+def test_callback_without_pixel_videos_warns_and_skips_ground_truth(tmp_path: Path) -> None:
+    callback = RolloutEvalCallback(
+        lengths={"short": 1}, num_videos=1, backends={"subject": "pixel"}, output_dir=str(tmp_path)
+    )
+    datamodule = _FakeDataModule()
+    for item in datamodule.val_set:
+        del item["video"]  # as latent-cache items: no pixel video
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=tmp_path,
+    )
+    with pytest.warns(UserWarning, match="no ground-truth row"):
+        trainer.fit(_FakeVideoModule(), datamodule=datamodule)
+    (table,) = tmp_path.glob("eval_val_epoch*.csv")
+    assert [r["model"] for r in csv.DictReader(table.open())] == ["_FakeVideoModule"]
 
 
 def test_callback_skips_without_val_set(tmp_path: Path) -> None:

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamodules.video_io import write_video
+from datamodules.video_io import read_video, write_video
 from eval.__main__ import main
+from eval.backends.registry import build_backends
+from eval.video_scores import score_video
 
 
 def _write(path: Path, noisy_tail: bool) -> None:
@@ -44,3 +46,38 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match="role=spec"):
         _write(tmp_path / "a.mp4", noisy_tail=False)
         main([str(tmp_path), "--backends", "colour=pixel"])
+
+
+def test_cli_reference_adds_ground_truth_row(tmp_path: Path) -> None:
+    generated, source = tmp_path / "generated", tmp_path / "source"
+    _write(generated / "a.mp4", noisy_tail=True)  # 14 frames at 32x32
+    gen = torch.Generator().manual_seed(1)
+    for name, frames in (("long.mp4", 20), ("short.mp4", 10)):
+        base = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 8, generator=gen), size=48)
+        video = torch.stack([base[0].roll(t, dims=-1) for t in range(frames)])  # 48x48: resized
+        write_video(source / name, (video * 255).to(torch.uint8), fps=8)
+    out = tmp_path / "scores.csv"
+    specs = ["subject=pixel", "imaging=laplacian"]
+    assert (
+        main([str(generated), "--csv", str(out), "--reference", str(source), "--backends", *specs])
+        == 0
+    )
+    rows = list(csv.DictReader(out.open()))
+    assert [r["video"] for r in rows] == ["a.mp4", "MEAN", "ground truth (2 videos)"]
+    # The row is the source videos' scores, decoded at 8 fps, resized to 32x32, cut to 14 frames.
+    backends = build_backends(dict(s.split("=") for s in specs))
+    truth = [
+        score_video(read_video(source / n, fps=8, size=(32, 32))[:14], backends, fps=8)
+        for n in ("long.mp4", "short.mp4")
+    ]
+    for key in (
+        "subject_consistency@pixel",
+        "imaging_quality@laplacian",
+        "drift/imaging_quality@laplacian",
+    ):
+        assert float(rows[2][key]) == pytest.approx((truth[0][key] + truth[1][key]) / 2, rel=1e-9)
+    assert float(rows[2]["subject_consistency@pixel"]) != pytest.approx(
+        float(rows[1]["subject_consistency@pixel"])
+    )
+    with pytest.raises(SystemExit, match="no .mp4"):
+        main([str(generated), "--reference", str(tmp_path / "empty")])

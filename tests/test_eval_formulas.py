@@ -14,7 +14,8 @@ from eval.drift import drift_segments, drift_window
 from eval.formulas import consistency_score, dynamic_degree, motion_smoothness, top5_mean
 from eval.video_scores import compute_per_frame, score_keys, score_video, segment_curves
 
-FAST = {"subject": "pixel"}  # weight-free everywhere: these tests check formulas, not networks
+# Weight-free, fit-free backends: these tests check formulas, not networks.
+FAST = {"subject": "pixel", "imaging": "laplacian", "flow": "opencv_dis"}
 
 
 def _texture(h: int = 200, w: int = 300, seed: int = 0) -> np.ndarray:

@@ -3,6 +3,7 @@ import torch
 
 from lightning_modules.codec import SpaceToDepthCodec
 from lightning_modules.dit import VideoDiT
+from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule, to_uint8
 
@@ -80,11 +81,56 @@ def test_stage1_gradients_reach_every_trainable_parameter() -> None:
     assert module.dit.context.proj_4x.weight.grad.abs().sum() > 0
 
 
+def record_dit(module: VideoModule) -> list[dict[str, torch.Tensor]]:
+    """Inputs (noisy x, history, memory) and output v of every DiT call."""
+    calls: list[dict[str, torch.Tensor]] = []
+
+    def pre(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append({"x": args[0], "history": args[3], "memory": kwargs["memory"]})
+
+    def post(_: torch.nn.Module, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        calls[-1]["v"] = out
+
+    module.dit.register_forward_pre_hook(pre, with_kwargs=True)
+    module.dit.register_forward_hook(post, with_kwargs=True)
+    return calls
+
+
 def test_generate_shapes_and_cfg() -> None:
-    module = tiny_module(cfg_scale=2.0, sample_steps=2).eval()
+    """Each segment is 2 Euler steps of the guided velocity v_u + 2 (v_c - v_u) from noise, and
+    conditions on the segments generated before it (history) and on psi updated with them; the
+    unconditional half has its own psi. Everything checked by hand from the DiT's inputs/outputs."""
+    torch.manual_seed(0)
+    pack = SemanticPack(latent_channels=12, text_dim=16, width=32, memory_tokens=4, heads=2)
+    module = tiny_module(cfg_scale=2.0, sample_steps=2, semantic_pack=pack).eval()
+    with torch.no_grad():  # off the zero init (zero head: v = 0, zero gates: psi unread)
+        for p in module.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    calls = record_dit(module)
     image = torch.rand(2, 3, 16, 16) * 2 - 1
     video = module.generate(image, ["a", "b"], num_segments=3, frames_per_segment=4)
     assert video.shape == (2, 12, 3, 16, 16) and video.dtype == torch.uint8
+    assert len(calls) == 6  # 3 segments x 2 Euler steps, both CFG halves in one call
+    guided = lambda v: v[2:] + 2.0 * (v[:2] - v[2:])  # noqa: E731
+    segments = []
+    for k in range(3):
+        first, second = calls[2 * k], calls[2 * k + 1]
+        for call in (first, second):  # both halves see the same history
+            torch.testing.assert_close(call["history"][:2], call["history"][2:])
+        torch.testing.assert_close(second["x"][:2], first["x"][:2] + 0.5 * guided(first["v"]))
+        segment = second["x"][:2] + 0.5 * guided(second["v"])
+        pixels = to_uint8(module.codec.decode(segment)).short()
+        assert (pixels - video[:, 4 * k : 4 * (k + 1)].short()).abs().max() <= 1
+        segments.append(segment)
+        if k:  # history: every segment generated so far, newest last (zeros before the video)
+            past = torch.cat(segments[:k], dim=1)
+            torch.testing.assert_close(first["history"][:2, -4 * k :], past)
+            assert not first["history"][:, : -4 * k].any()
+            with torch.no_grad():  # psi of each half: Eq. 1 on the previous generated segment
+                cond, uncond = calls[2 * k - 2]["memory"].chunk(2)
+                psi = torch.cat((pack(cond, segments[k - 1]), pack(uncond, segments[k - 1])))
+            torch.testing.assert_close(first["memory"], psi, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(second["memory"], first["memory"])
     with pytest.raises(ValueError, match="frames_per_segment"):
         module.generate(image, ["a", "b"], num_segments=1)
 

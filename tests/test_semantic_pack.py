@@ -10,7 +10,7 @@ from lightning_modules.codec import SpaceToDepthCodec
 from lightning_modules.dit import VideoDiT
 from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.text_encoder import HashTextEncoder
-from lightning_modules.video_module import VideoModule
+from lightning_modules.video_module import VideoModule, to_uint8
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,14 +140,50 @@ def test_ablation_variants_run_forward_and_backward(structure: str, psi_init: st
     pack = module.semantic_pack
     assert pack.squeeze.attn.q.weight.grad.abs().sum() > 0
     assert pack.memorize.embed.weight.grad.abs().sum() > 0
-    if structure == "C":
-        assert pack.enrich.weight.grad.abs().sum() > 0  # the enriched first query is used
+    if psi_init == "semantic":  # the unpooled (B, C) prompt tokens seed psi and are trained
+        assert pack.text_proj.weight.grad.abs().sum() > 0
     if psi_init == "zero":
         psi0 = pack.init(torch.randn(2, 5, 16), torch.randn(2, 1, 12, 8, 8))
-        assert psi0.shape == (2, M, 32) and not psi0.any()
+        assert psi0.shape == (2, M, 32) and not psi0.any()  # A's size: m tokens
         assert not hasattr(pack, "init_pool")
     with pytest.raises(ValueError, match="structure 'C' needs"):
         tiny_pack(structure="C")(torch.zeros(1, M, 32), torch.zeros(1, 4, 12, 8, 8))
+
+
+@pytest.mark.parametrize("structure", ["A", "B", "C"])
+def test_structures_carry_the_paper_token_counts(structure: str) -> None:
+    """App. A.1: A's query is the visual summary (m tokens); B's query is psi seeded by the text +
+    image tokens themselves (not pooled); C's first query is those tokens concatenated with the
+    first window's visual tokens, then B. psi's size differs per structure but is fixed over a
+    rollout, so each update costs the same."""
+    pack = tiny_pack(structure=structure, patch=(1, 2, 2)).eval()
+    text, image = torch.randn(2, 7, 16), torch.randn(2, 1, 12, 8, 8)
+    n_text, n_image = 7, 4 * 4  # 8 x 8 latent in 2 x 2 patches
+    size = {"A": M, "B": n_text + n_image, "C": n_text + n_image + M}[structure]
+    queries: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pack.squeeze.register_forward_pre_hook(lambda _, a: queries.append((a[0], a[1])))
+    segments = torch.randn(3, 2, 4, 12, 8, 8)
+    with torch.no_grad():
+        psi = psi0 = pack.init(text, image)
+        shapes = [psi.shape]
+        for n, segment in enumerate(segments):
+            psi = pack(psi, segment, step=n)
+            shapes.append(psi.shape)
+        visual = pack.memorize(segments[0])
+    assert shapes == [torch.Size([2, size, 32])] * 4
+    query, key_value = queries[0]
+    if structure == "A":
+        torch.testing.assert_close(query, visual)
+        torch.testing.assert_close(key_value, psi0)
+    else:  # B and C read the visual summary as key/value
+        torch.testing.assert_close(key_value, visual)
+    if structure == "B":
+        torch.testing.assert_close(query, psi0)
+    if structure == "C":  # text + image tokens, then the first window's visual tokens
+        torch.testing.assert_close(query, torch.cat((psi0[:, : n_text + n_image], visual), 1))
+        assert queries[1][0].shape[1] == size  # later steps: B's setting, query = psi_n
+    zero = tiny_pack(structure=structure, patch=(1, 2, 2), psi_init="zero")
+    assert zero.init(text, image).shape == (2, size, 32)  # zero-MemoryPack: the same size
 
 
 def record_sequence_lengths(module: VideoModule) -> list[int]:
@@ -163,13 +199,26 @@ def record_sequence_lengths(module: VideoModule) -> list[int]:
 
 
 def test_rollout_of_20_segments_has_constant_token_count() -> None:
+    """Constant tokens per segment, while every segment still conditions on the last generated
+    ones (FramePack history) and on psi updated with each of them (Eq. 1 over the rollout)."""
     module = tiny_module(tiny_pack(), sample_steps=1).eval()
+    perturb(module)
     lengths = record_sequence_lengths(module)
+    calls = record_dit_calls(module)
     image = torch.rand(1, 3, 16, 16) * 2 - 1
     video = module.generate(image, ["a red circle"], num_segments=20, frames_per_segment=4)
     assert video.shape[1] == 80 and len(lengths) == 20
     text_tokens = module.text_encoder.max_tokens
     assert set(lengths) == {module.dit.tokens_per_segment(4, 8, 8, text_tokens) + M}
+    pack, codec = module.semantic_pack, module.codec
+    for k in range(1, 20):
+        history, previous = calls[k]["history"], calls[k - 1]["history"]
+        newest = history[:, -4:]  # the segment generated just before: what the video shows
+        assert torch.equal(to_uint8(codec.decode(newest)), video[:, 4 * (k - 1) : 4 * k])
+        torch.testing.assert_close(history[:, :-4], previous[:, 4:])  # and the buffer slides
+        with torch.no_grad():
+            psi = pack(calls[k - 1]["memory"], newest, step=k - 1)
+        torch.testing.assert_close(calls[k]["memory"], psi, atol=1e-5, rtol=1e-4)
     # The quadratic baseline is a mode of the same DiT: its sequence grows every segment.
     full = tiny_module(None, sample_steps=1, context="full_history").eval()
     grown = record_sequence_lengths(full)
@@ -203,9 +252,13 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
         ]  # fmt: skip
         return main(args, run=False).model
 
-    assert build().semantic_pack.structure == "A"
-    f1 = build("f1_only.yaml")
+    memorypack = build()
+    assert memorypack.semantic_pack.structure == "A" and memorypack.dit.rope_layout == "absolute"
+    f1 = build("f1_only.yaml")  # FramePack-F1 as FramePack has it: per-window (relative) RoPE
     assert f1.semantic_pack is None and f1.dit.blocks[0].attn.memory_gate is None
+    assert f1.dit.rope_layout == "relative"
+    f1_rope = build("f1_rope.yaml")  # F1 + the paper's RoPE consistency, still no SemanticPack
+    assert f1_rope.semantic_pack is None and f1_rope.dit.rope_layout == "absolute"
     assert build("zero_memorypack.yaml").semantic_pack.psi_init == "zero"
     assert build("structure_b.yaml").semantic_pack.structure == "B"
     assert build("structure_c.yaml").semantic_pack.structure == "C"
@@ -214,3 +267,49 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
 def test_mismatched_width_raises_clear_error() -> None:
     with pytest.raises(ValueError, match="semantic_pack.width=64"):
         tiny_module(SemanticPack(latent_channels=12, text_dim=16, width=64))
+
+
+def record_dit_calls(module: VideoModule) -> list[dict[str, torch.Tensor]]:
+    """(history, memory) of every DiT call, recorded with a forward pre-hook."""
+    calls: list[dict[str, torch.Tensor]] = []
+
+    def hook(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        calls.append({"history": args[3].clone(), "memory": kwargs["memory"].clone()})
+
+    module.dit.register_forward_pre_hook(hook, with_kwargs=True)
+    return calls
+
+
+def test_cfg_unconditional_half_carries_psi_of_the_empty_prompt() -> None:
+    """CFG's unconditional half reads psi built from "" (as a dropped prompt does in training),
+    updated with the same generated segments as the conditional psi."""
+    module = tiny_module(tiny_pack(), cfg_scale=3.0, sample_steps=1).eval()
+    perturb(module)
+    calls = record_dit_calls(module)
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    captions = ["a red circle", "a blue square"]
+    module.generate(image, captions, num_segments=3, frames_per_segment=4)
+    assert len(calls) == 3 and calls[0]["memory"].shape == (4, M, 32)  # [cond; uncond] halves
+    pack, image_lat = module.semantic_pack, module.encode_image(image)
+    with torch.no_grad():
+        psi = {
+            "cond": pack.init(module.text_encoder(captions)[0], image_lat),
+            "uncond": pack.init(module.text_encoder(["", ""])[0], image_lat),
+        }
+    assert not torch.allclose(psi["cond"], psi["uncond"], atol=1e-4)  # the check can fail
+    for k, call in enumerate(calls):
+        cond, uncond = call["memory"].chunk(2)
+        torch.testing.assert_close(cond, psi["cond"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(uncond, psi["uncond"], atol=1e-5, rtol=1e-4)
+        if k + 1 < len(calls):  # both are updated with the segment just generated
+            segment = calls[k + 1]["history"][:2, -4:]
+            with torch.no_grad():
+                psi = {h: pack(p, segment, step=k) for h, p in psi.items()}
+    # Training agrees: a dropped prompt builds psi_0 from "" too.
+    seen: list[torch.Tensor] = []
+    init = pack.init
+    pack.init = lambda text, image: seen.append(text) or init(text, image)  # type: ignore[method-assign]
+    batch, gen = batch_with_late_segments(module)
+    module.train()
+    module.teacher_forcing_loss(batch, prompt_dropout=1.0, generator=gen)
+    torch.testing.assert_close(seen[0], module.text_encoder([""] * 3)[0])

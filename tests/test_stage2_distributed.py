@@ -4,14 +4,18 @@ The stage-1 checkpoint is made once, in-process, through the CLI (single process
 runs then start from it, overlapped as in test_distributed.py. Each rank records its batches with
 `tests/step_probe.py`: the curriculum must hand both ranks videos of one length per step (or a
 rank would wait in the gradient all-reduce for segments the other never runs), and under DDP
-the trainable weights must stay bitwise equal across ranks (the once-per-step reduction ran).
+the trainable weights must stay bitwise equal across ranks (the once-per-step reduction ran) and
+equal those of a single-process run of the same global batches (`single_process_reference`:
+every rank's videos, each with its rank's seed, gradients accumulated over all their segments
+and averaged over ranks, clipped, one step per batch).
 """
 
-import json
 import sys
 from pathlib import Path
 
+import torch
 from launch import ROOT, finish, start
+from step_probe import probes, single_process_reference
 
 from train import main
 
@@ -36,7 +40,7 @@ def command(tmp: Path, name: str, strategy: str, ckpt: Path, *extra: str) -> lis
     return [
         sys.executable, "train.py", "fit",
         "--config", "configs/stage2_direct_forcing.yaml",
-        "--config", "tests/configs/tiny.yaml",
+        "--config", "tests/configs/tiny_stage2.yaml",
         "--config", f"configs/strategy/{strategy}.yaml",  # before the CPU overrides below
         f"--data.init_args.data_dir={tmp / name / 'data'}",
         f"--model.init_args.init_checkpoint={ckpt}",
@@ -58,11 +62,27 @@ def command(tmp: Path, name: str, strategy: str, ckpt: Path, *extra: str) -> lis
     ]  # fmt: skip
 
 
-def probes(directory: Path) -> list[list[dict]]:
-    return [
-        [json.loads(line) for line in (directory / f"rank{r}.jsonl").read_text().splitlines()]
-        for r in range(2)
-    ]
+def check_against_single_process(tmp: Path, ckpt: Path, probe: Path) -> None:
+    end = [torch.load(probe / f"weights_rank{r}_end.pt") for r in range(2)]
+    assert all(torch.equal(end[0][k], end[1][k]) for k in end[0])  # replicas stayed equal
+    cli = main([
+        "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
+        "--config", str(ROOT / "tests/configs/tiny_stage2.yaml"),
+        f"--data.init_args.data_dir={tmp / 'ddp' / 'data'}",
+        f"--model.init_args.init_checkpoint={ckpt}", "--trainer.logger=false",
+    ], run=False)  # fmt: skip
+
+    def rank_loss(module: torch.nn.Module, batch: dict, scale: float) -> None:
+        for segment in module.video_segments(batch):  # the whole video: one step per batch
+            (segment.loss / segment.window * scale).backward()
+
+    module = cli.model
+    reference = single_process_reference(
+        module, probe, rank_loss, clip=module.hparams.gradient_clip_val
+    )
+    assert reference.keys() == end[0].keys() and all(k.startswith("dit.head.") for k in reference)
+    for name, value in reference.items():
+        torch.testing.assert_close(end[0][name], value, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_stage2_ddp_and_fsdp2_on_two_cpu_ranks(tmp_path: Path) -> None:
@@ -85,4 +105,5 @@ def test_stage2_ddp_and_fsdp2_on_two_cpu_ranks(tmp_path: Path) -> None:
         if name == "ddp":  # replicated weights: the reduced gradients kept the ranks in step
             assert [r["digest"] for r in rank0] == [r["digest"] for r in rank1]
             assert len({r["digest"] for r in rank0}) == STEPS  # and the weights did train
+            check_against_single_process(tmp_path, ckpt, tmp_path / "ddp" / "probe")
     assert (tmp_path / "fsdp2" / "ckpt" / "last.ckpt").is_dir()  # sharded checkpoint

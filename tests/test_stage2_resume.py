@@ -20,15 +20,16 @@ CRASH = 6  # and mid-curriculum: grow_every=3 admits 3-segment videos from batch
 
 
 class StepRecorder(L.Callback):
-    """(loss, segments, curriculum max) logged at each optimizer step of this process."""
+    """(loss, segments, logged curriculum length, batch length) at each optimizer step."""
 
     def __init__(self) -> None:
-        self.rows: dict[int, tuple[float, int, int]] = {}
+        self.rows: dict[int, tuple[float, int, int, int]] = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         m = trainer.callback_metrics
         row = (float(m["train/loss"]), int(m["train/segments"]))
-        self.rows[trainer.global_step] = (*row, int(m["train/curriculum_max_segments"]))
+        drawn = int(batch["num_segments"].max())
+        self.rows[trainer.global_step] = (*row, int(m["train/curriculum_max_segments"]), drawn)
 
 
 class Crash(L.Callback):
@@ -42,9 +43,9 @@ class Crash(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def common(tmp: Path, name: str) -> list[str]:
+def common(tmp: Path, name: str, tiny: str = "tiny.yaml") -> list[str]:
     return [
-        "--config", str(ROOT / "tests/configs/tiny.yaml"),
+        "--config", str(ROOT / "tests/configs" / tiny),
         f"--data.init_args.data_dir={tmp / 'data'}",
         "--data.init_args.num_train_videos=6",  # lengths 2-4 here: several per pass
         "--data.init_args.max_segments=4",
@@ -61,7 +62,7 @@ def stage2(tmp: Path, stage1: str, name: str, ckpt: Path | None, callbacks: list
     cli = main(
         [
             "--config", str(ROOT / "configs/stage2_direct_forcing.yaml"),
-            *common(tmp, name),
+            *common(tmp, name, "tiny_stage2.yaml"),  # the architecture: stage 1's checkpoint
             "--trainer.callbacks.every_n_train_steps=1",
             f"--model.init_args.init_checkpoint={stage1}",
             f"--trainer.max_steps={STEPS}",
@@ -86,9 +87,10 @@ def test_stage2_kill_and_resume_mid_curriculum(tmp_path: Path) -> None:
     stage2(tmp_path, stage1, "full", None, [full])
     assert sorted(full.rows) == list(range(1, STEPS + 1))
     caps = [full.rows[s][2] for s in sorted(full.rows)]
-    # The logged maximum is the one batch k was drawn under (shortest video: 2 segments), even
-    # though the loader's worker ran the sampler ahead.
-    assert caps == [max(1 + k // 3, 2) for k in range(STEPS)]
+    # The logged length is the batch's own (the loader's worker ran the sampler ahead), and it
+    # never runs ahead of the schedule (shortest video: 2 segments).
+    assert caps == [full.rows[s][3] for s in sorted(full.rows)]
+    assert all(c <= max(1 + k // 3, 2) for k, c in enumerate(caps))
     assert caps[CRASH - 2] < caps[-1], "the resume point must be mid-curriculum"
 
     first = StepRecorder()

@@ -4,6 +4,15 @@ Stand-ins for RAFT (dynamic degree) and AMT-S (motion smoothness interpolation).
 interpolation warps both frames half-way along bidirectional flow: plain frame averaging gives the
 same ghosted blend for smooth and for jittered motion, flow warping does not (it reproduces the true
 middle frame only when the motion between the two frames is coherent).
+
+`verified=True` (backend `opencv_dis_verified`, the dynamic-degree default) counts only flow that
+explains the change between the frames. A flow field is computed for any pair of frames, also for
+frames whose content is redrawn (flicker, per-frame noise): DIS then matches random look-alike
+patches and the raw magnitudes of blocky colour noise read as fast motion. A pixel's flow is kept
+when (1) forward and backward flows agree, |f + b(x + f)|^2 < 0.01 (|f|^2 + |b(x + f)|^2) + 0.5
+(Sundaram, Brox & Keutzer 2010), and (2) the second frame warped back along it matches the first:
+the 5x5 mean of |frame_b(x + f) - frame_a(x)| (RGB, 0..255) is below 20 and below half of the
+unwarped difference |frame_b(x) - frame_a(x)|. Other pixels get magnitude 0.
 """
 
 from __future__ import annotations
@@ -14,33 +23,45 @@ import numpy as np
 __all__ = ["OpenCVFlow"]
 
 _METHODS = ("dis", "farneback")
+# Verified flow: the warped frame must match within this mean |difference| (0..255, 5x5 window)
+# and remove at least half of the unwarped difference.
+_MAX_RESIDUAL = 20.0
+_EXPLAINED = 0.5
 
 
 class OpenCVFlow:
     """Dense flow on grey frames; `max_side` downsizes first (magnitudes rescaled to input pixels)."""
 
-    def __init__(self, method: str = "dis", max_side: int | None = None) -> None:
+    def __init__(
+        self, method: str = "dis", max_side: int | None = None, verified: bool = False
+    ) -> None:
         if method not in _METHODS:
             raise ValueError(f"OpenCVFlow: method must be one of {_METHODS}, got {method!r}")
         if max_side is not None and max_side < 8:
             raise ValueError(f"OpenCVFlow: max_side must be >= 8 or None, got {max_side!r}")
         self.method = method
         self.max_side = max_side
-        self.name = f"opencv_{method}"
+        self.verified = verified
+        self.name = f"opencv_{method}" + ("_verified" if verified else "")
         self._dis: cv2.DISOpticalFlow | None = None  # created lazily: no work at construction
 
-    def _grey(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+    def _resized(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        """RGB frame on the flow grid (downsized to `max_side`) and the scale factor applied."""
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(
                 f"OpenCVFlow: expected uint8 [H, W, 3], got {image.dtype} {image.shape}"
             )
-        grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        scale = 1.0
-        if self.max_side is not None and max(grey.shape) > self.max_side:
-            scale = self.max_side / max(grey.shape)
-            size = (max(8, round(grey.shape[1] * scale)), max(8, round(grey.shape[0] * scale)))
-            grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
-        return grey, scale
+        image = np.ascontiguousarray(image)
+        h, w = image.shape[:2]
+        if self.max_side is None or max(h, w) <= self.max_side:
+            return image, 1.0
+        scale = self.max_side / max(h, w)
+        size = (max(8, round(w * scale)), max(8, round(h * scale)))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+    def _grey(self, image: np.ndarray) -> tuple[np.ndarray, float]:
+        rgb, scale = self._resized(image)
+        return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), scale
 
     def flow(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Flow [H', W', 2] from `first` to `second` in the (possibly downsized) grid's pixels."""
@@ -53,10 +74,29 @@ class OpenCVFlow:
         return cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 4, 15, 3, 5, 1.2, 0)
 
     def flow_magnitude(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        """Per-pixel |flow| [H', W'] expressed in pixels of the input frames."""
-        _, scale = self._grey(first)
+        """Per-pixel |flow| [H', W'] expressed in pixels of the input frames (0 where unverified)."""
+        a, scale = self._resized(first)
         f = self.flow(first, second)
-        return np.sqrt((f**2).sum(-1)) / scale
+        magnitude = np.sqrt((f**2).sum(-1))
+        if self.verified:
+            b, _ = self._resized(second)
+            magnitude = magnitude * self._explains(a, b, f, self.flow(second, first))
+        return magnitude / scale
+
+    @staticmethod
+    def _explains(a: np.ndarray, b: np.ndarray, fwd: np.ndarray, bwd: np.ndarray) -> np.ndarray:
+        """Mask [H', W'] of pixels whose forward flow is consistent and explains frame b."""
+        h, w = fwd.shape[:2]
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        map_x, map_y = xs + fwd[..., 0], ys + fwd[..., 1]
+        back = cv2.remap(bwd, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        mismatch = ((fwd + back) ** 2).sum(-1)
+        consistent = mismatch < 0.01 * ((fwd**2).sum(-1) + (back**2).sum(-1)) + 0.5
+        a32, b32 = a.astype(np.float32), b.astype(np.float32)
+        warped = cv2.remap(b32, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        residual = cv2.blur(np.abs(warped - a32).mean(-1), (5, 5))
+        unwarped = cv2.blur(np.abs(b32 - a32).mean(-1), (5, 5))
+        return consistent & (residual < _MAX_RESIDUAL) & (residual < _EXPLAINED * unwarped)
 
     def interpolate(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         """Midpoint frame: mean of both frames backward-warped half-way along their flows."""

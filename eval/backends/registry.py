@@ -5,6 +5,7 @@ A spec is `"<name>"` or `"<name>:<path>[,<path>]"` for backends that load local 
 `aesthetic="clip_vitl14_laion:/ckpt/ViT-L-14.pt,/ckpt/sa_0_4_vit_l_14_linear.pth"`.
 `"unavailable"` disables a metric: it is then reported as NaN under `<metric>@unavailable`, never
 faked. Not yet supported (no loader): RAFT (dynamic degree), MUSIQ (imaging), AMT-S (smoothness).
+The defaults are the backends that pass `benchmarks/metric_validity.py` (README "Evaluation").
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ DEFAULT_SPECS: dict[str, str] = {
     "subject": "effnet_lite0",  # semantic features: bundled ImageNet weights
     "background": "pixel",  # scene layout / colour correlation, weight-free
     "aesthetic": "colorfulness",  # proxy, NOT the LAION predictor
-    "imaging": "laplacian",  # proxy, NOT MUSIQ
-    "flow": "opencv_dis",  # stands in for RAFT
+    "imaging": "niqe_synthetic",  # NIQE, pristine model fitted on the embedded renderer
+    "flow": "opencv_dis_verified",  # stands in for RAFT; counts only flow that explains the change
     "interpolation": "opencv_dis",  # flow-warped midpoint, stands in for AMT-S
 }
 ROLES = tuple(DEFAULT_SPECS)
@@ -112,15 +113,24 @@ def build_backend(role: str, spec: str, device: str | torch.device | None = None
             from eval.backends.image_stats import Colorfulness
 
             return Colorfulness()
+        if name in ("niqe", "niqe_synthetic") and role == "imaging":
+            from eval.backends.niqe import NiqeQuality
+
+            return NiqeQuality(model="live" if name == "niqe" else "synthetic")
         if name == "clip_vitl14_laion" and role == "aesthetic":
             from eval.backends.clip import ClipAesthetic
 
             clip_path, head_path = _paths(name, arg, 2)
             return ClipAesthetic(clip_path, head_path, device=device)
-    elif name in ("opencv_dis", "opencv_farneback"):
+    elif name in ("opencv_dis", "opencv_farneback") or (
+        role == "flow" and name in ("opencv_dis_verified", "opencv_farneback_verified")
+    ):
         from eval.backends.opencv_flow import OpenCVFlow
 
-        return OpenCVFlow(method=name.removeprefix("opencv_"), max_side=int(arg) if arg else None)
+        method = name.removeprefix("opencv_").removesuffix("_verified")
+        return OpenCVFlow(
+            method=method, max_side=int(arg) if arg else None, verified=name.endswith("_verified")
+        )
     raise ValueError(f"unknown backend {spec!r} for metric role {role!r}")
 
 
