@@ -88,7 +88,8 @@ def _encode_item(codec: nn.Module, item: dict[str, Any], device: torch.device) -
     """One dataset item -> shard bytes, encoded exactly as `VideoModule.encode_video` does."""
     video = item["video"].to(device)  # [s, t, 3, H, W]
     segments, frames = video.shape[:2]
-    latents = codec.encode(rearrange(video, "s t c h w -> 1 (s t) c h w"))[0]
+    flat = rearrange(video, "s t c h w -> 1 (s t) c h w")
+    latents = codec.encode_video(flat, item["image"].to(device)[None])[0]  # causal VAEs: codec.py
     image_latent = codec.encode(item["image"].to(device)[None, None])[0]
     shard = {
         "latents": rearrange(latents, "(s t) c h w -> s t c h w", s=segments).cpu(),

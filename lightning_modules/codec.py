@@ -4,10 +4,21 @@ Interface (what a real VAE wrapper must provide, e.g. HunyuanVideo's VAE loaded 
 `encode(video [b, f, 3, H, W] in [-1, 1]) -> [b, f // temporal_factor, latent_channels, h, w]`,
 `decode` the inverse, and the attributes `latent_channels`, `spatial_factor`, `temporal_factor`.
 Codecs are frozen: they hold no trainable parameters and never see gradients.
+
+Causal video VAEs (`causal = True`, lightning_modules/hf_codecs.py) map 1 + k*tf frames to 1 + k
+latent frames: the first latent frame encodes one pixel frame alone. The rest of the code works in
+segments of whole latent frames, so those codecs see a video through two methods:
+`encode_video(video, image)` encodes the reference image followed by the video frames in ONE call
+(the image is the causal first frame, as in FramePack, which encodes the whole history) and drops
+the image's latent, so segment s of T = frames / tf latents is latents[:, s*T:(s+1)*T] and the
+image latent (encoded alone) sits before latent 0, at temporal RoPE index 0; and
+`decode_continuation(context, latents)` decodes generated latents after the latent frames that
+precede them and keeps only their frames. Frame-independent codecs ignore the context.
 """
 
 from abc import ABC, abstractmethod
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -18,12 +29,31 @@ class LatentCodec(nn.Module, ABC):
     latent_channels: int
     spatial_factor: int
     temporal_factor: int
+    causal: bool = False  # True: the first latent frame encodes the first pixel frame alone
+    decode_context: int = 1  # causal codecs: latent frames a segment is decoded after (>= 1)
 
     @abstractmethod
     def encode(self, video: Tensor) -> Tensor: ...
 
     @abstractmethod
     def decode(self, latents: Tensor) -> Tensor: ...
+
+    def encode_video(self, video: Tensor, image: Tensor | None = None) -> Tensor:
+        """Latents [b, f // temporal_factor, c, h, w] of the frames `video` [b, f, 3, H, W] that
+        follow the reference `image` [b, 3, H, W] (needed by causal codecs: see module doc)."""
+        if not self.causal:
+            return self.encode(video)
+        if image is None:
+            raise ValueError(f"{type(self).__name__} is causal: encode_video needs the image")
+        return self.encode(torch.cat((image[:, None].to(video), video), dim=1))[:, 1:]
+
+    def decode_continuation(self, context: Tensor, latents: Tensor) -> Tensor:
+        """Pixel frames [b, T * temporal_factor, 3, H, W] of `latents` [b, T, ...] generated after
+        the latent frames `context` [b, P, ...] (the image latent first, then earlier segments)."""
+        if not self.causal:
+            return self.decode(latents)
+        video = self.decode(torch.cat((context.to(latents), latents), dim=1))
+        return video[:, -latents.shape[1] * self.temporal_factor :]
 
     def latent_size(self, height: int, width: int) -> tuple[int, int]:
         if height % self.spatial_factor or width % self.spatial_factor:

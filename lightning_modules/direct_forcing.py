@@ -33,7 +33,7 @@ from torch import Tensor
 
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec
-from lightning_modules.dit import VideoDiT
+from lightning_modules.framepack_backbone import Backbone
 from lightning_modules.parallel import no_backward_sync
 from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.stage1_checkpoint import (
@@ -79,7 +79,7 @@ class DirectForcingModule(VideoModule):
 
     def __init__(
         self,
-        dit: VideoDiT | None = None,
+        dit: Backbone | None = None,
         *,
         init_checkpoint: str,
         codec: LatentCodec | None = None,
@@ -196,7 +196,7 @@ class DirectForcingModule(VideoModule):
         latents, frames = self.batch_latents(batch)  # pre-encoded when the latent cache is on
         num = batch["num_segments"].to(latents.device)
         image = self.batch_image_latent(batch)
-        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout)
+        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout, batch["image"])
         b, _, c, h, w = latents.shape
         keep = self.dit.history_frames  # None (`full_history`): the buffer keeps every segment
         history = latents.new_zeros(b, keep or 0, c, h, w)  # zeros = no past yet

@@ -198,6 +198,16 @@ class VideoDiT(nn.Module):
         self.head = OutputHead(width, latent_channels * math.prod(PATCH_1X))
 
     @property
+    def text_dim(self) -> int:
+        """Width of the text features this DiT reads (the text encoder's `dim`)."""
+        return self.text_proj.in_features
+
+    def check_text_encoder(self, encoder: nn.Module) -> None:
+        """Raise if `encoder`'s features are not what this DiT reads (its `dim`)."""
+        if encoder.dim != self.text_dim:
+            raise ValueError(f"text encoder width {encoder.dim} != dit.text_dim {self.text_dim}")
+
+    @property
     def history_frames(self) -> int | None:
         """History latent frames the DiT reads; None = all of them (`full_history`)."""
         return None if self.context_mode == "full_history" else self.context.history_frames

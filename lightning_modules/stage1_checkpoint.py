@@ -17,14 +17,14 @@ from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
 from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
-from lightning_modules.dit import VideoDiT
+from lightning_modules.framepack_backbone import Backbone
 from lightning_modules.semantic_pack import SemanticPack
 from lightning_modules.text_encoder import HashTextEncoder, TextEncoder
 
 Plain = int | float | str | bool | None
 # The networks a stage-1 VideoModule is built from, with the type each must have.
-PARTS: dict[str, type[nn.Module]] = {
-    "dit": VideoDiT,
+PARTS: dict[str, Any] = {
+    "dit": Backbone,  # VideoDiT or FramePackBackbone
     "codec": LatentCodec,
     "text_encoder": TextEncoder,
     "semantic_pack": SemanticPack,

@@ -18,8 +18,8 @@ from tqdm.auto import tqdm
 from datamodules.video_io import to_uint8
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
-from lightning_modules.dit import VideoDiT
 from lightning_modules.frame_pack import gather_history
+from lightning_modules.framepack_backbone import Backbone
 from lightning_modules.nonfinite import check_finite_loss
 from lightning_modules.parallel import CompileMode, apply_fsdp2, compile_dit
 from lightning_modules.semantic_pack import SemanticPack
@@ -31,7 +31,8 @@ class VideoModule(L.LightningModule):
     """Autoregressive image-to-video model trained with rectified flow and teacher forcing.
 
     Args:
-        dit: the denoiser; its `latent_channels`/`text_dim` must match codec and text encoder.
+        dit: the denoiser (`VideoDiT`, or the pretrained `FramePackBackbone`); its
+            `latent_channels`/`text_dim` must match codec and text encoder.
         codec: pixels <-> latents (default: weight-free space-to-depth).
         text_encoder: captions -> tokens (default: hashed words + trainable embedding).
         semantic_pack: SemanticPack long-term memory (MemoryPack, Sec. 3.1); None gives the
@@ -46,7 +47,7 @@ class VideoModule(L.LightningModule):
 
     def __init__(
         self,
-        dit: VideoDiT,
+        dit: Backbone,
         codec: LatentCodec | None = None,
         text_encoder: TextEncoder | None = None,
         semantic_pack: SemanticPack | None = None,
@@ -77,11 +78,7 @@ class VideoModule(L.LightningModule):
                 f"codec gives {self.codec.latent_channels} latent channels but the DiT expects "
                 f"dit.latent_channels={dit.latent_channels}"
             )
-        if self.text_encoder.dim != dit.text_proj.in_features:
-            raise ValueError(
-                f"text encoder width {self.text_encoder.dim} != dit.text_dim "
-                f"{dit.text_proj.in_features}"
-            )
+        dit.check_text_encoder(self.text_encoder)
         self.codec.requires_grad_(False)
         self.semantic_pack = semantic_pack
         if semantic_pack is not None:
@@ -89,8 +86,11 @@ class VideoModule(L.LightningModule):
             dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
 
     # ----------------------------------------------------------------- conditioning inputs
-    def encode_video(self, video: Tensor) -> tuple[Tensor, int]:
-        """Pixel video [b, s, t, c, H, W] -> latents [b, s*T, c, h, w] and T latent frames/segment."""
+    def encode_video(self, video: Tensor, image: Tensor | None = None) -> tuple[Tensor, int]:
+        """Pixel video [b, s, t, c, H, W] -> latents [b, s*T, c, h, w] and T latent frames/segment.
+
+        `image` [b, 3, H, W]: the reference frame, the causal first frame of a causal VAE's clip.
+        """
         b, s, t = video.shape[:3]
         if t % self.codec.temporal_factor:
             raise ValueError(
@@ -98,7 +98,8 @@ class VideoModule(L.LightningModule):
                 f"{self.codec.temporal_factor}"
             )
         with torch.no_grad():
-            latents = self.codec.encode(rearrange(video, "b s t c h w -> b (s t) c h w"))
+            flat = rearrange(video, "b s t c h w -> b (s t) c h w")
+            latents = self.codec.encode_video(flat, image)
         return latents, t // self.codec.temporal_factor
 
     def batch_latents(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
@@ -106,7 +107,7 @@ class VideoModule(L.LightningModule):
         if "latents" in batch:
             lat = batch["latents"]
             return rearrange(lat, "b s t c h w -> b (s t) c h w"), lat.shape[2]
-        return self.encode_video(batch["video"])
+        return self.encode_video(batch["video"], batch["image"])
 
     def batch_image_latent(self, batch: dict[str, Any]) -> Tensor:
         """`encode_image` of the batch, or its pre-encoded `image_latent` [b, 1, c, h, w]."""
@@ -118,10 +119,17 @@ class VideoModule(L.LightningModule):
         with torch.no_grad():
             return self.codec.encode(image[:, None])
 
-    def encode_text(self, captions: list[str], dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+    def encode_text(
+        self, captions: list[str], dropout: float = 0.0, image: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Prompt features; encoders with `reads_image` (SigLIP) also get the reference image."""
         if dropout > 0:
             keep = torch.rand(len(captions)) >= dropout
             captions = [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
+        if self.text_encoder.reads_image:
+            if image is None:
+                raise ValueError(f"{type(self.text_encoder).__name__} needs the reference image")
+            return self.text_encoder(captions, image)
         return self.text_encoder(captions)
 
     # ----------------------------------------------------------------- long-term memory hooks
@@ -229,7 +237,7 @@ class VideoModule(L.LightningModule):
         """Stage-1 loss of a batch: one segment per video, true history, teacher-forced psi."""
         encoded = self.batch_latents(batch)
         x, seg, history, image = self.teacher_forcing_batch(batch, generator, encoded)
-        text = self.encode_text(batch["caption"], prompt_dropout)
+        text = self.encode_text(batch["caption"], prompt_dropout, batch["image"])
         psi = self.teacher_forced_memory(*encoded, seg, text, image)
         loss, *_ = self.flow_loss(x, seg, history, image, text, psi, generator)
         return loss
@@ -325,24 +333,33 @@ class VideoModule(L.LightningModule):
         pixel_frames = frames_per_segment or getattr(dm, "segment_frames", None)
         if pixel_frames is None:
             raise ValueError("generate needs frames_per_segment when no datamodule is attached")
+        if pixel_frames % self.codec.temporal_factor:
+            raise ValueError(
+                f"segment of {pixel_frames} frames is not divisible by the codec's temporal factor "
+                f"{self.codec.temporal_factor}"
+            )
         frames = pixel_frames // self.codec.temporal_factor
         image_lat = self.encode_image(image)
         _, _, c, h, w = image_lat.shape
         keep = self.dit.history_frames  # None: full_history keeps the whole generated video
         history = image_lat.new_zeros(b, keep or 0, c, h, w)
-        text = self.text_encoder(list(captions))
-        null_text = self.text_encoder([""] * b) if self.hparams.cfg_scale != 1.0 else None
+        text = self.encode_text(list(captions), image=image)
+        null_text = (
+            self.encode_text([""] * b, image=image) if self.hparams.cfg_scale != 1.0 else None
+        )
         psi = self.init_memory(text, image_lat)
         # CFG's unconditional half has its own memory: psi_0 from the empty prompt, updated with
         # the same segments (training builds psi_0 from "" for a dropped prompt too).
         null_psi = None if null_text is None else self.init_memory(null_text, image_lat)
+        decoded = image_lat  # latent frames before the next segment, for causal VAE decoding
 
         def remember(seg: Tensor, k: int) -> None:
             """Segment k joins the FramePack history and both memories' recurrence (Eq. 1)."""
-            nonlocal history, psi, null_psi
+            nonlocal history, psi, null_psi, decoded
             history = torch.cat((history, seg), dim=1)
             history = history if keep is None else history[:, -keep:]
             psi, null_psi = self.update_memory(psi, seg, k), self.update_memory(null_psi, seg, k)
+            decoded = torch.cat((decoded, seg), dim=1)[:, -self.codec.decode_context :]
 
         out, start = [], 0
         if prefix is not None:
@@ -353,7 +370,7 @@ class VideoModule(L.LightningModule):
                     f"of {pixel_frames} frames"
                 )
             start = given // pixel_frames
-            known = self.codec.encode(prefix.to(image_lat))
+            known = self.codec.encode_video(prefix.to(image_lat), image.to(image_lat))
             for j in range(start):  # the real segments take the place of generated ones
                 remember(known[:, j * frames : (j + 1) * frames], j)
             out.append(to_uint8(prefix).cpu())
@@ -366,8 +383,8 @@ class VideoModule(L.LightningModule):
             seg = rf.euler_sample(
                 v, noise.to(image_lat), self.hparams.sample_steps, shift=self.hparams.sample_shift
             )
+            out.append(to_uint8(self.codec.decode_continuation(decoded, seg)).cpu())
             remember(seg, k)  # the recurrence runs on what was generated
-            out.append(to_uint8(self.codec.decode(seg)).cpu())
             if on_segment is not None:
                 on_segment(k)
         return torch.cat(out, dim=1)
@@ -400,7 +417,7 @@ class VideoModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-def check_semantic_pack(pack: SemanticPack, dit: VideoDiT, text_dim: int) -> None:
+def check_semantic_pack(pack: SemanticPack, dit: Backbone, text_dim: int) -> None:
     """psi joins the DiT's token sequence, so widths and input channels must agree."""
     for name, got, want in (
         ("width", pack.width, dit.width),
