@@ -1,19 +1,61 @@
-"""Seeing it: a short rollout from a held-out example, to TensorBoard and to mp4."""
+"""Seeing it: a short rollout from a held-out example, to TensorBoard and to mp4, and a contact
+sheet of rollout frames beside the ground truth of the same held-out video."""
 
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
+from PIL import Image, ImageDraw
 
-from datamodules.video_io import write_video
+from datamodules.video_io import to_uint8, write_video
+
+
+def contact_sheet(
+    truths: list[torch.Tensor], rollouts: list[torch.Tensor], scale: int = 3, gap: int = 2
+) -> torch.Tensor:
+    """One image: for each example a ground-truth row over a rollout row, frame by frame.
+
+    truths[i], rollouts[i]: uint8 [T, 3, H, W] (a ground truth shorter than its rollout leaves
+    the rest of its row black). Frames are enlarged `scale` times (nearest) so a 32 x 32 video
+    stays readable; each row is labelled. Returns uint8 [3, H', W'].
+    """
+    if len(truths) != len(rollouts) or not truths:
+        raise ValueError(
+            f"need as many truths as rollouts (> 0), got {len(truths)}, {len(rollouts)}"
+        )
+    _, c, h, w = rollouts[0].shape
+    frames = max(r.shape[0] for r in rollouts)
+    label = 34  # pixels of label column
+    cell_h, cell_w = h * scale + gap, w * scale + gap
+    sheet = torch.full(
+        (c, 2 * len(rollouts) * cell_h, label + frames * cell_w), 255, dtype=torch.uint8
+    )
+    names = []
+    for i, (truth, rollout) in enumerate(zip(truths, rollouts, strict=True)):
+        for j, (name, video) in enumerate((("true", truth), ("gen", rollout))):
+            top = (2 * i + j) * cell_h
+            names.append((top, name))
+            big = F.interpolate(video[:frames].float(), scale_factor=scale, mode="nearest")
+            for k, frame in enumerate(big.to(torch.uint8)):
+                left = label + k * cell_w
+                sheet[:, top : top + h * scale, left : left + w * scale] = frame
+    image = Image.fromarray(sheet.permute(1, 2, 0).numpy())
+    draw = ImageDraw.Draw(image)
+    for top, name in names:
+        draw.text((2, top + h * scale // 2 - 5), name, fill=(0, 0, 0))
+    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
 
 
 class RolloutVideoLogger(L.Callback):
     """Every `every_n_validations` validation runs, roll out `num_videos` held-out examples.
 
     Every rank runs `generate` (sharded models need all ranks in the forward); rank 0 logs the
-    video with `add_video` and writes `<log_dir>/rollouts/step_<global_step>_<i>.mp4`.
+    video with `add_video` and writes `<log_dir>/rollouts/step_<global_step>_<i>.mp4`, plus a
+    contact sheet of the rollouts under their ground truth: `<log_dir>/rollouts/sheet.png` (the
+    latest) and the TensorBoard image `rollout/sheet`.
     """
 
     def __init__(
@@ -32,6 +74,7 @@ class RolloutVideoLogger(L.Callback):
         self.seed = seed
         self._validations = 0
         self.written: list[Path] = []
+        self.sheet: Path | None = None
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -61,8 +104,13 @@ class RolloutVideoLogger(L.Callback):
             path = out_dir / f"step_{trainer.global_step:07d}_{i}.mp4"
             write_video(path, frames, dm.fps)
             self.written.append(path)
+        truths = [to_uint8(e["video"].flatten(0, 1)) for e in examples]
+        sheet = contact_sheet(truths, list(video))
+        self.sheet = out_dir / "sheet.png"
+        Image.fromarray(sheet.permute(1, 2, 0).numpy()).save(self.sheet)
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_video(
                     "rollout/val", video, global_step=trainer.global_step, fps=int(dm.fps)
                 )
+                logger.experiment.add_image("rollout/sheet", sheet, global_step=trainer.global_step)

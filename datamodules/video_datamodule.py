@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
 from datamodules.curriculum import LengthCurriculum
@@ -126,32 +127,69 @@ class VideoDataModule(L.LightningDataModule):
         """The codec the latent cache encodes with, when no Trainer/LightningModule supplies it."""
         self._codec = codec
 
+    def _model_codec(self) -> torch.nn.Module | None:
+        """The codec to encode with: an attached one, else the Trainer's LightningModule's."""
+        if self._codec is not None:
+            return self._codec
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        return getattr(module, "codec", None)
+
+    def fit_codec(self, codec: torch.nn.Module) -> None:
+        """Stage 0: a codec learned from data (`needs_fit`, e.g. PatchPCACodec) is fitted on up
+        to `codec.fit_frames` training frames, the first videos' frames in order (deterministic,
+        so every DDP rank fits the same codec). A fitted codec is left alone."""
+        if not getattr(codec, "needs_fit", False):
+            return
+        dataset = self.train_set if isinstance(self.train_set, VideoFolderDataset) else None
+        dataset = dataset or self._dataset("train")
+        frames, count = [], 0
+        for index in range(len(dataset)):
+            item = dataset[index]
+            if item is None:
+                continue
+            frames.append(item["video"].flatten(0, 1))
+            count += frames[-1].shape[0]
+            if count >= codec.fit_frames:
+                break
+        if not frames:
+            raise RuntimeError(f"no training video could be read to fit {type(codec).__name__}")
+        frames = torch.cat(frames)[: codec.fit_frames]
+        psnr = codec.fit(frames)
+        rank_zero_info(
+            f"stage 0: fitted {type(codec).__name__} on {len(frames)} training frames "
+            f"({codec.latent_channels} latent channels): reconstruction {psnr:.1f} dB PSNR"
+        )
+
     def _cache_dir(self) -> Path:
         """`latent_cache/<key>`: the key changes with codec, resolution, fps, segment length, data."""
-        codec = self._codec
-        if codec is None:
-            module = self.trainer.lightning_module if self.trainer is not None else None
-            codec = getattr(module, "codec", None)
+        codec = self._model_codec()
         if codec is None:
             raise RuntimeError(
                 f"latent_cache={str(self.latent_cache)!r} needs a codec: run under a Trainer whose "
                 f"LightningModule has `.codec`, or call attach_codec(codec) first"
             )
+        self.fit_codec(codec)  # the key hashes the codec's weights: fit before hashing
         key = cache_key(codec, self.resolution, self.fps, self.segment_frames, self.data_dir)
-        self._codec = codec
         return self.latent_cache / key
 
     def _prepare_cache(self) -> int:
         """Encode missing or corrupt shards of both splits; returns how many videos were encoded."""
-        directory = self._cache_dir()
-        assert self._codec is not None
+        directory, codec = self._cache_dir(), self._model_codec()
         return sum(
-            build_cache(directory, split, self._dataset(split), self._codec)
+            build_cache(directory, split, self._dataset(split), codec)
             for split in ("train", "val")
         )
 
     def setup(self, stage: str | None = None) -> None:
-        """Build the datasets `stage` needs: both for fit (or None), only val otherwise."""
+        """Build the datasets `stage` needs: both for fit (or None), only val otherwise.
+
+        The model's codec is fitted here if it learns from data (stage 0): the datamodule's setup
+        runs before callbacks and the module are set up, so e.g. an EMA copy of the module
+        already holds the fitted codec.
+        """
+        codec = self._model_codec()
+        if codec is not None:
+            self.fit_codec(codec)
         if self.latent_cache is not None:
             directory = self._cache_dir()
             if stage in (None, "fit") and self.train_set is None:

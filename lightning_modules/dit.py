@@ -59,7 +59,12 @@ ContextMode = Literal["framepack", "full_history"]
 
 
 class Attention(nn.Module):
-    """Joint self-attention with QK-RMSNorm and RoPE, through F.scaled_dot_product_attention.
+    """Joint self-attention with (optional) QK-RMSNorm and RoPE, via F.scaled_dot_product_attention.
+
+    QK-RMSNorm (as in HunyuanVideo/FramePack) bounds every logit by sqrt(head_dim) times the
+    norms' weights, which start at 1: a small model trained briefly cannot sharpen attention
+    enough to copy a co-located context token (with head_dim 32 the weights had moved < 7% after
+    600 demo steps). `qk_norm=False` leaves the logits free, as in DiT.
 
     With memory tokens psi (unrotated), the joint attention is split (LLaMA-Adapter's zero-init
     attention, Zhang et al., 2023): the other tokens attend among themselves exactly as in
@@ -70,14 +75,14 @@ class Attention(nn.Module):
     themselves attend to the whole joint sequence (their own stream, as extra tokens would).
     """
 
-    def __init__(self, width: int, heads: int) -> None:
+    def __init__(self, width: int, heads: int, qk_norm: bool = True) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
         self.qkv = nn.Linear(width, 3 * width)
-        self.q_norm = nn.RMSNorm(width // heads)
-        self.k_norm = nn.RMSNorm(width // heads)
+        self.q_norm = nn.RMSNorm(width // heads) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(width // heads) if qk_norm else nn.Identity()
         self.proj = nn.Linear(width, width)
         self.register_parameter("memory_gate", None)  # created by VideoDiT.enable_memory()
 
@@ -106,10 +111,10 @@ class Attention(nn.Module):
 class DiTBlock(nn.Module):
     """Pre-norm transformer block whose norms are modulated by c, residuals gated (adaLN-Zero)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool = True) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(width, heads)
+        self.attn = Attention(width, heads, qk_norm)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(
@@ -163,6 +168,8 @@ class VideoDiT(nn.Module):
         rope_theta: RoPE base.
         context: `framepack` (fixed token budget) or `full_history` (every previous latent frame
             at 1x; cost grows with the video: the quadratic baseline of the scaling benchmark).
+        qk_norm: RMS-normalise queries and keys per head (HunyuanVideo/FramePack do); off lets a
+            small model trained briefly sharpen attention (see `Attention`).
         grad_checkpointing: recompute block activations in backward to save memory.
     """
 
@@ -178,6 +185,7 @@ class VideoDiT(nn.Module):
         rope_layout: RopeLayout = "absolute",
         rope_theta: float = 10000.0,
         context: ContextMode = "framepack",
+        qk_norm: bool = True,
         grad_checkpointing: bool = False,
     ) -> None:
         super().__init__()
@@ -194,7 +202,9 @@ class VideoDiT(nn.Module):
         self.t_embed = TimestepEmbedder(width)
         self.text_pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width))
         self.rope = Rope3D(width // heads, rope_theta)
-        self.blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(
+            DiTBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth)
+        )
         self.head = OutputHead(width, latent_channels * math.prod(PATCH_1X))
 
     @property

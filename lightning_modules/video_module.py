@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from datamodules.video_io import to_uint8
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
 from lightning_modules.frame_pack import gather_history
@@ -312,6 +313,7 @@ class VideoModule(L.LightningModule):
         progress: bool = False,
         frames_per_segment: int | None = None,
         on_segment: Callable[[int], None] | None = None,
+        prefix: Tensor | None = None,
     ) -> Tensor:
         """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W].
 
@@ -319,6 +321,12 @@ class VideoModule(L.LightningModule):
         the last K latent frames are kept for FramePack and psi has a fixed size, so device
         memory is constant in length (`full_history` keeps everything: its quadratic baseline).
         `on_segment(k)` is called after segment k (the scaling benchmark times segments with it).
+
+        Video continuation: `prefix` [b, k * frames_per_segment, 3, H, W] in [-1, 1] holds the
+        first k segments of a real video. They are encoded, enter the FramePack history at their
+        true RoPE positions (segments 0..k-1) and run through SemanticPack's recurrence exactly as
+        generated segments would; segments k..num_segments-1 are generated. The returned video
+        starts with the prefix itself, so it has `num_segments` segments in all.
         """
         b = image.shape[0]
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -341,23 +349,42 @@ class VideoModule(L.LightningModule):
         )
         psi = self.init_memory(text, image_lat)
         # CFG's unconditional half has its own memory: psi_0 from the empty prompt, updated with
-        # the same generated segments (training builds psi_0 from "" for a dropped prompt too).
+        # the same segments (training builds psi_0 from "" for a dropped prompt too).
         null_psi = None if null_text is None else self.init_memory(null_text, image_lat)
         decoded = image_lat  # latent frames before the next segment, for causal VAE decoding
-        out = []
-        for k in tqdm(range(num_segments), desc="rollout", disable=not progress, leave=False):
+
+        def remember(seg: Tensor, k: int) -> None:
+            """Segment k joins the FramePack history and both memories' recurrence (Eq. 1)."""
+            nonlocal history, psi, null_psi, decoded
+            history = torch.cat((history, seg), dim=1)
+            history = history if keep is None else history[:, -keep:]
+            psi, null_psi = self.update_memory(psi, seg, k), self.update_memory(null_psi, seg, k)
+            decoded = torch.cat((decoded, seg), dim=1)[:, -self.codec.decode_context :]
+
+        out, start = [], 0
+        if prefix is not None:
+            given = prefix.shape[1]
+            if given % pixel_frames or not 0 < given <= num_segments * pixel_frames:
+                raise ValueError(
+                    f"prefix of {given} frames must be 1..{num_segments} whole segments "
+                    f"of {pixel_frames} frames"
+                )
+            start = given // pixel_frames
+            known = self.codec.encode_video(prefix.to(image_lat), image.to(image_lat))
+            for j in range(start):  # the real segments take the place of generated ones
+                remember(known[:, j * frames : (j + 1) * frames], j)
+            out.append(to_uint8(prefix).cpu())
+        for k in tqdm(
+            range(start, num_segments), desc="rollout", disable=not progress, leave=False
+        ):
             seg_idx = torch.full((b,), k, device=image.device, dtype=torch.long)
             noise = torch.randn((b, frames, c, h, w), generator=generator, device=image.device)
             v = self.velocity_fn(seg_idx, history, image_lat, text, null_text, psi, null_psi)
             seg = rf.euler_sample(
                 v, noise.to(image_lat), self.hparams.sample_steps, shift=self.hparams.sample_shift
             )
-            history = torch.cat((history, seg), dim=1)
-            history = history if keep is None else history[:, -keep:]
-            psi = self.update_memory(psi, seg, step=k)  # the recurrence runs on what was generated
-            null_psi = self.update_memory(null_psi, seg, step=k)
             out.append(to_uint8(self.codec.decode_continuation(decoded, seg)).cpu())
-            decoded = torch.cat((decoded, seg), dim=1)[:, -self.codec.decode_context :]
+            remember(seg, k)  # the recurrence runs on what was generated
             if on_segment is not None:
                 on_segment(k)
         return torch.cat(out, dim=1)
@@ -399,8 +426,3 @@ def check_semantic_pack(pack: SemanticPack, dit: Backbone, text_dim: int) -> Non
     ):
         if got != want:
             raise ValueError(f"semantic_pack.{name}={got} must equal the model's {want}")
-
-
-def to_uint8(frames: Tensor) -> Tensor:
-    """[-1, 1] float frames -> uint8, the format videos are written and scored in."""
-    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -3,10 +3,14 @@
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
+import torch
 import yaml
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from callbacks.video_logger import contact_sheet
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +51,12 @@ def test_fit_logs_video_and_writes_mp4(trained: tuple[Path, object]) -> None:
     # add_video writes an animated-GIF image summary; it is silently empty without moviepy<2.
     assert "rollout/val" in acc.Tags()["images"], acc.Tags()
     assert len(acc.Images("rollout/val")[0].encoded_image_string) > 100
+    # The contact sheet: ground truth over rollout for each logged example, as PNG and image.
+    assert "rollout/sheet" in acc.Tags()["images"], acc.Tags()
+    sheet = np.asarray(Image.open(log_dir / "rollouts" / "sheet.png"))
+    frames, size, scale = 3 * cli.datamodule.segment_frames, cli.datamodule.resolution, 3
+    assert sheet.shape[0] == 2 * 2 * (size[0] * scale + 2)  # 2 examples x (truth, rollout)
+    assert sheet.shape[1] >= frames * size[1] * scale
     mp4s = sorted((log_dir / "rollouts").glob("*.mp4"))
     assert mp4s
     with av.open(str(mp4s[0])) as container:
@@ -93,3 +103,17 @@ def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[
     path.write_text(printed)
     cli = main(["fit", "--config", str(path), "--trainer.fast_dev_run=1"])
     assert cli.trainer.global_step == 1
+
+
+def test_contact_sheet_places_truth_over_rollout() -> None:
+    torch.manual_seed(0)
+    truth = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    rollout = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
+    sheet = contact_sheet([truth], [rollout], scale=2, gap=1)
+    cell, label = 8 * 2 + 1, sheet.shape[2] - 8 * (8 * 2 + 1)
+    for k in (0, 5):  # row 0 is the truth, row 1 the rollout, frame k in column k
+        left = label + k * cell
+        torch.testing.assert_close(sheet[:, 0:16:2, left : left + 16 : 2], truth[k])
+        torch.testing.assert_close(sheet[:, cell : cell + 16 : 2, left : left + 16 : 2], rollout[k])
+    left = label + 7 * cell  # the truth is shorter than the rollout: its cell stays blank
+    assert (sheet[:, 0:16, left : left + 16] == 255).all()

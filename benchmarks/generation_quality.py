@@ -1,0 +1,98 @@
+"""Generation quality of a checkpoint against ground truth, with an untrained floor.
+
+    python benchmarks/generation_quality.py --ckpt runs/stage1/version_0/checkpoints/last.ckpt \
+        [--json out.json] [--num_videos 8] [--sample_steps N]
+
+On the held-out (val) videos of the checkpoint's own data configuration: PSNR/SSIM of frame 0 of a
+rollout against the reference image, and of one segment sampled given the true history against
+the true segment (`eval/generation_quality.py`), for the trained model and for an untrained model
+of the same configuration (same class and hyperparameters, weights as constructed; for a stage-2
+checkpoint that is the stage-1 model it starts from). `copy_last` repeats the last true frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
+
+import lightning_modules.direct_forcing  # noqa: E402,F401  (checkpoints may name either module)
+from datamodules.video_datamodule import VideoDataModule  # noqa: E402
+from eval.generation_quality import generation_quality  # noqa: E402
+from lightning_modules.video_module import VideoModule  # noqa: E402
+
+ROWS = ("reference_psnr", "reference_ssim", "next_segment_psnr", "next_segment_ssim")
+
+
+def load_model(checkpoint: dict[str, Any], trained: bool) -> VideoModule:
+    """The checkpoint's module; `trained=False` builds it with its initial weights instead."""
+    if not trained:
+        checkpoint = {**checkpoint, "state_dict": {}}
+        torch.manual_seed(0)
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return VideoModule.load_from_checkpoint(buffer, map_location="cpu", strict=trained)
+
+
+def held_out(checkpoint: dict[str, Any], count: int, data_dir: str | None) -> tuple[list, int]:
+    """The first `count` val videos of the checkpoint's data config, and frames per segment."""
+    hp = dict(checkpoint.get("datamodule_hyper_parameters") or {})
+    if not hp:
+        raise ValueError("the checkpoint holds no datamodule hyperparameters (train via train.py)")
+    hp.pop("_instantiator", None)
+    hp.pop("_class_path", None)
+    hp.pop("curriculum", None)  # training-batch order only; the val split is what we need
+    hp.pop("latent_cache", None)  # we need pixels: the ground truth is scored as video
+    if data_dir is not None:
+        hp["data_dir"] = data_dir
+    dm = VideoDataModule(**hp)
+    dm.prepare_data()
+    dm.setup("validate")
+    examples = [dm.val_set[i] for i in range(min(count, len(dm.val_set)))]
+    return [e for e in examples if e is not None], dm.segment_frames
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ckpt", required=True, help="a Lightning checkpoint written by train.py")
+    parser.add_argument("--json", default=None, help="write the figures here")
+    parser.add_argument("--num_videos", type=int, default=8, help="held-out videos to score")
+    parser.add_argument("--next_per_video", type=int, default=2, help="next segments per video")
+    parser.add_argument("--sample_steps", type=int, default=None, help="default: the model's")
+    parser.add_argument("--data_dir", default=None, help="default: the checkpoint's")
+    parser.add_argument("--no_floor", action="store_true", help="skip the untrained model")
+    args = parser.parse_args(argv)
+
+    checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    examples, frames = held_out(checkpoint, args.num_videos, args.data_dir)
+    results: dict[str, Any] = {}
+    for name in ("trained", "untrained")[: 1 if args.no_floor else 2]:
+        model = load_model(checkpoint, trained=name == "trained")
+        if args.sample_steps is not None:
+            model.hparams.sample_steps = args.sample_steps
+        scores = generation_quality(model, examples, frames, args.next_per_video)
+        scores["sample_steps"] = float(model.hparams.sample_steps)
+        results[name] = scores
+    out: dict[str, Any] = {**results["trained"], "checkpoint": args.ckpt}
+    if "untrained" in results:
+        out["untrained"] = results["untrained"]
+
+    columns = list(results)
+    print(f"{'figure':<22}" + "".join(f"{c:>12}" for c in columns))
+    for key in (*ROWS, "copy_last_psnr", "sample_steps", "next_segments"):
+        print(f"{key:<22}" + "".join(f"{results[c][key]:>12.3f}" for c in columns))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Does the generator generate? Reconstruction figures against ground truth on held-out videos.
+
+Two questions a working image-to-video model must answer well before any VBench-style metric
+means anything:
+
+- reference: frame 0 of a rollout (segment 0, sampled from noise) against the reference image it
+  was given. The image is frame 0 of the video, so a working model nearly copies it.
+- next segment: segment i (i >= 1) sampled from noise given the TRUE history (segments 0..i-1 of
+  the real video as FramePack context and through SemanticPack's recurrence, via `generate`'s
+  `prefix`), against the true segment i.
+
+Both are PSNR (dB, uint8 frames, mean over samples of the per-sample PSNR) and SSIM (Gaussian
+window, mean over frames). Two reference points come with them: `copy_last` repeats the last true
+frame before segment i for the whole segment (what a model that never moves would score), and the
+caller may score an untrained model of the same configuration as a floor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from datamodules.video_io import to_uint8
+
+__all__ = ["generation_quality", "psnr", "ssim"]
+
+
+def psnr(a: Tensor, b: Tensor) -> float:
+    """PSNR in dB of two uint8 videos/images of the same shape (peak 255)."""
+    if a.shape != b.shape:
+        raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    mse = ((a.float() - b.float()) / 255).pow(2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+def ssim(a: Tensor, b: Tensor) -> float:
+    """Mean SSIM over frames of uint8 [..., 3, H, W] (11x11 Gaussian window, sigma 1.5)."""
+    x = a.reshape(-1, *a.shape[-3:]).float() / 255
+    y = b.reshape(-1, *b.shape[-3:]).float() / 255
+    return float(structural_similarity_index_measure(x, y, data_range=1.0))
+
+
+@torch.no_grad()
+def generation_quality(
+    model: Any,
+    examples: Sequence[dict[str, Any]],
+    segment_frames: int,
+    max_next_per_video: int = 2,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Reference and next-segment PSNR/SSIM of `model` (a `VideoModule`) on `examples`.
+
+    examples: dataset items with `video` [s, T, 3, H, W] and `image` [3, H, W] in [-1, 1] and
+    `caption`. For the next-segment figures up to `max_next_per_video` segments per video are
+    sampled, evenly spread over 1..s-1 (always including the last), so long videos do not dominate.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    ref_psnr, ref_ssim, nxt_psnr, nxt_ssim, copy_psnr = [], [], [], [], []
+    try:
+        for index, ex in enumerate(examples):
+            video = ex["video"].to(device)  # [s, T, 3, H, W]
+            image = ex["image"][None].to(device)
+            caption = [ex["caption"]]
+            gen = torch.Generator(device=device).manual_seed(seed + index)
+            first = model.generate(image, caption, 1, gen, frames_per_segment=segment_frames)
+            truth_image = to_uint8(image)
+            ref_psnr.append(psnr(first[:, 0], truth_image.cpu()))
+            ref_ssim.append(ssim(first[:, 0], truth_image.cpu()))
+            s = video.shape[0]
+            for i in _next_segments(s, max_next_per_video):
+                prefix = video[:i].flatten(0, 1)[None]
+                out = model.generate(
+                    image, caption, i + 1, gen, frames_per_segment=segment_frames, prefix=prefix
+                )
+                sample = out[0, i * segment_frames :]
+                truth = to_uint8(video[i]).cpu()
+                nxt_psnr.append(psnr(sample, truth))
+                nxt_ssim.append(ssim(sample, truth))
+                last = to_uint8(video[i - 1, -1:]).cpu().expand_as(truth)
+                copy_psnr.append(psnr(last, truth))
+    finally:
+        model.train(was_training)
+    if not nxt_psnr:
+        raise ValueError("generation_quality needs at least one example with >= 2 segments")
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "reference_psnr": mean(ref_psnr),
+        "reference_ssim": mean(ref_ssim),
+        "next_segment_psnr": mean(nxt_psnr),
+        "next_segment_ssim": mean(nxt_ssim),
+        "copy_last_psnr": mean(copy_psnr),
+        "videos": float(len(examples)),
+        "next_segments": float(len(nxt_psnr)),
+    }
+
+
+def _next_segments(num_segments: int, count: int) -> list[int]:
+    """Up to `count` segment indices in 1..num_segments-1, evenly spread, the last included."""
+    if num_segments < 2 or count < 1:
+        return []
+    picks = {round(1 + (num_segments - 2) * (j + 1) / count) for j in range(count)}
+    return sorted(min(max(p, 1), num_segments - 1) for p in picks)
