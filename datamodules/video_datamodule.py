@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,12 @@ class VideoDataModule(L.LightningDataModule):
     `latent_cache`: a directory; when set, `prepare_data` (rank 0) encodes the videos once
     through the model's codec (`trainer.lightning_module.codec`, or one given to `attach_codec`)
     and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
+
+    `predict_prefix_segments` k > 0 makes `predict` continue videos (README "Video continuation"):
+    its batches carry `prefix_segments` = k and the model keeps their first k real segments as
+    the prefix. The predict set is then the first `num_predict_videos` val videos with at least
+    k segments; shorter ones are passed over with a warning naming them and counted
+    (`predict_skipped`).
     """
 
     def __init__(
@@ -51,6 +59,7 @@ class VideoDataModule(L.LightningDataModule):
         num_predict_videos: int = 2,
         curriculum: LengthCurriculum | None = None,
         latent_cache: str | None = None,
+        predict_prefix_segments: int = 0,
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "folder"):
@@ -67,6 +76,7 @@ class VideoDataModule(L.LightningDataModule):
             ("num_val_videos", num_val_videos, 1),
             ("min_segments", min_segments, 1),
             ("num_predict_videos", num_predict_videos, 1),
+            ("predict_prefix_segments", predict_prefix_segments, 0),
         ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -90,6 +100,8 @@ class VideoDataModule(L.LightningDataModule):
         self.num_predict_videos = num_predict_videos
         self.curriculum = curriculum
         self.latent_cache = Path(latent_cache) if latent_cache else None
+        self.predict_prefix_segments = predict_prefix_segments
+        self.predict_skipped: list[str] = []
         self._codec: torch.nn.Module | None = None
         self.train_set: VideoFolderDataset | None = None
         self.val_set: VideoFolderDataset | None = None
@@ -287,5 +299,42 @@ class VideoDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         dataset = self._require(self.val_set, "val_set")
-        count = min(self.num_predict_videos, len(dataset))
-        return self._loader(Subset(dataset, range(count)), batch_size=1, shuffle=False)
+        k = self.predict_prefix_segments
+        if not k:
+            count = min(self.num_predict_videos, len(dataset))
+            return self._loader(Subset(dataset, range(count)), batch_size=1, shuffle=False)
+        if self.latent_cache is not None:
+            raise ValueError(
+                f"predict_prefix_segments={k} continues real videos, which needs their pixels; "
+                f"the val set is read from latent_cache={str(self.latent_cache)!r}: unset it"
+            )
+        chosen: list[int] = []
+        for index, length in enumerate(dataset.lengths):
+            if len(chosen) == self.num_predict_videos:
+                break
+            if length >= k:
+                chosen.append(index)
+                continue
+            self.predict_skipped.append(str(dataset.paths[index]))
+            warnings.warn(
+                f"predict: {dataset.paths[index]} has {length} segments, fewer than "
+                f"predict_prefix_segments={k}; skipped ({len(self.predict_skipped)} so far)",
+                stacklevel=2,
+            )
+        if not chosen:
+            raise ValueError(f"no val video has predict_prefix_segments={k} segments to continue")
+        return DataLoader(
+            Subset(dataset, chosen),
+            batch_size=1,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_with_prefix, k),
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+def collate_with_prefix(prefix_segments: int, items: list[dict[str, Any] | None]) -> Any:
+    """`collate_videos`, marking the batch's first `prefix_segments` segments as the prefix."""
+    batch = collate_videos(items)
+    if batch is not None:
+        batch["prefix_segments"] = prefix_segments
+    return batch

@@ -239,6 +239,31 @@ def test_datamodule_prepare_setup_and_batch_shapes(tmp_path: Path) -> None:
     assert len(predict) == 2 and all(len(b["name"]) == 1 for b in predict)
 
 
+def test_predict_continuation_takes_videos_long_enough_for_the_prefix(tmp_path: Path) -> None:
+    """predict_prefix_segments=2: batches carry prefix_segments; the predict set is the first
+    val videos with >= 2 segments, the shorter ones before them named in a warning and counted."""
+    entries = []
+    for index, segments in enumerate([1, 3, 1, 2, 4]):  # val lengths in segments of SEG frames
+        _write_synthetic(tmp_path / f"v{index}.mp4", index, segments * SEG)
+        entries.append({"path": f"v{index}.mp4", "caption": "c", "split": "val"})
+    _write_metadata(tmp_path, entries)
+    dm = VideoDataModule(
+        data_dir=str(tmp_path), source="folder", segment_frames=SEG, num_predict_videos=2,
+        predict_prefix_segments=2,
+    )  # fmt: skip
+    dm.setup("predict")
+    with pytest.warns(UserWarning, match=r"v0.mp4 has 1 segments, fewer than") as caught:
+        batches = list(dm.predict_dataloader())
+    assert [b["name"] for b in batches] == [["v1"], ["v3"]]
+    assert all(b["prefix_segments"] == 2 for b in batches)
+    assert [Path(p).name for p in dm.predict_skipped] == ["v0.mp4", "v2.mp4"]
+    assert sum("fewer than predict_prefix_segments" in str(w.message) for w in caught) == 2
+    dm.predict_prefix_segments = 5
+    with pytest.raises(ValueError, match="no val video has predict_prefix_segments=5"):
+        with pytest.warns(UserWarning):
+            dm.predict_dataloader()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "text"),
     [({"source": "web"}, "web"), ({"fps": 0.0}, "fps"), ({"max_segments": 0}, "max_segments")],
