@@ -188,8 +188,7 @@ class VideoDataModule(L.LightningDataModule):
         """Encode missing or corrupt shards of both splits; returns how many videos were encoded."""
         directory, codec = self._cache_dir(), self._model_codec()
         return sum(
-            build_cache(directory, split, self._dataset(split), codec)
-            for split in ("train", "val")
+            build_cache(directory, split, self._dataset(split), codec) for split in ("train", "val")
         )
 
     def setup(self, stage: str | None = None) -> None:

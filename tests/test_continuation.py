@@ -71,7 +71,6 @@ def test_continuation_changes_with_the_prefix_and_rejects_partial_segments() -> 
         module.generate(image, ["a"], 2, frames_per_segment=4, prefix=prefix.repeat(1, 3, 1, 1, 1))
 
 
-
 def test_predict_continues_a_batch_with_prefix_segments() -> None:
     """A predict batch with `prefix_segments` k: generate gets its first k real segments as the
     prefix, the video starts with them and only the rest is sampled; k >= rollout_segments
