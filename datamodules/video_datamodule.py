@@ -35,6 +35,9 @@ class VideoDataModule(L.LightningDataModule):
     through the model's codec (`trainer.lightning_module.codec`, or one given to `attach_codec`)
     and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
 
+    `probe_train_videos` (synthetic source): extra training videos of memory-probe events
+    (`datamodules/probe.py`), so that a model can learn to remember what left the view.
+
     `predict_prefix_segments` k > 0 makes `predict` continue videos (README "Video continuation"):
     its batches carry `prefix_segments` = k and the model keeps their first k real segments as
     the prefix. The predict set is then the first `num_predict_videos` val videos with at least
@@ -60,6 +63,7 @@ class VideoDataModule(L.LightningDataModule):
         curriculum: LengthCurriculum | None = None,
         latent_cache: str | None = None,
         predict_prefix_segments: int = 0,
+        probe_train_videos: int = 0,
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "folder"):
@@ -77,6 +81,7 @@ class VideoDataModule(L.LightningDataModule):
             ("min_segments", min_segments, 1),
             ("num_predict_videos", num_predict_videos, 1),
             ("predict_prefix_segments", predict_prefix_segments, 0),
+            ("probe_train_videos", probe_train_videos, 0),
         ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -101,6 +106,7 @@ class VideoDataModule(L.LightningDataModule):
         self.curriculum = curriculum
         self.latent_cache = Path(latent_cache) if latent_cache else None
         self.predict_prefix_segments = predict_prefix_segments
+        self.probe_train_videos = probe_train_videos
         self.predict_skipped: list[str] = []
         self._codec: torch.nn.Module | None = None
         self.train_set: VideoFolderDataset | None = None
@@ -124,6 +130,7 @@ class VideoDataModule(L.LightningDataModule):
             fps=self.fps,
             size=self.resolution,
             seed=self.seed,
+            probe_train=self.probe_train_videos,
         )
 
     def _dataset(self, split: str) -> VideoFolderDataset:

@@ -1,5 +1,6 @@
 """The CLI end to end on tiny configs: fit, validate, test, predict, print_config, media written."""
 
+import json
 from pathlib import Path
 
 import av
@@ -12,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from callbacks.video_logger import contact_sheet
 from datamodules.video_io import read_video
+from eval.probe import main as probe_main
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,6 +116,17 @@ def test_predict_continues_the_held_out_videos(trained: tuple[Path, object]) -> 
         real = read_video(source, dm.fps, dm.resolution, frames)
         # Two H.264 round trips at CRF 12: a few grey levels apart, not a generated segment.
         assert (written[:frames].float() - real.float()).abs().mean() < 4.0
+
+
+def test_memory_probe_runs_offline_on_a_checkpoint(trained: tuple[Path, object]) -> None:
+    """`python -m eval.probe --ckpt`: the checkpoint's data size and segment length, JSON out."""
+    tmp, cli = trained
+    out = tmp / "probe.json"
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    probe_main(["--ckpt", ckpt, "--num_videos", "2", "--json", str(out)])
+    scores = json.loads(out.read_text())
+    assert scores["videos"] == 2 and scores["chance"] == 1 / 8 and scores["oracle"] == 1.0
+    assert 0 <= scores["memory"] <= 1 and 0 <= scores["memory_gates_shut"] <= 1
 
 
 def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
