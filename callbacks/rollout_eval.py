@@ -155,7 +155,11 @@ class RolloutEvalCallback(L.Callback):
                 )
                 if truth is not None:
                     rows.append(truth)
-                    self.results[f"{name}/ground_truth"] = dict(truth[1])
+                    fraction = self._ground_truth[(name, segments)][1]
+                    self.results[f"{name}/ground_truth"] = {
+                        **truth[1],
+                        "fraction_shorter": fraction,
+                    }
             if self.probe_videos:
                 probe = self._run_probe(trainer, pl_module, datamodule)
                 if probe is not None:
