@@ -130,8 +130,9 @@ def _markdown(
         f"{report['run_seconds'] / 60:.1f} min in all (training + evaluation, this machine). "
         f"Optimizer steps: "
         + ", ".join(f"{n} {s}" for n, s in steps.items())
-        + f". Longest training video: {max(trained.values())} segments; rows marked † "
-        "evaluate longer rollouts than any training video (extrapolation).",
+        + f". Longest training video: {max(trained.values())} segments (without the probe "
+        f"videos: {max(r.get('trained_segments_without_probes', 0) for rs in runs.values() for r in rs)}); "
+        "rows marked † evaluate longer rollouts than any training video (extrapolation).",
     ]
     for length, segments in lengths.items():
         keys = [f"{length}/{k}" for k in tab1_columns(list(report["ground_truth"][length]))]

@@ -14,6 +14,10 @@ Layout: DIR/study.json (the budget; a DIR is never reused with another), DIR/dat
 DIR/runs/<variant>/seed<s>/ (TensorBoard logs, the composed config.yaml, eval tables and mp4s,
 result.json). A run with a result.json is finished and skipped when the command is run again, so
 an interrupted study resumes; a run directory without one is an interrupted run, redone.
+
+`--jobs N` runs N runs at once, each in its own process with cores / N torch threads (logs in
+DIR/logs/); a stage-2 run waits for its seed's MemoryPack run. Small models use a second thread
+poorly, so on a free 2-core machine two one-thread runs get through more steps than one run.
 """
 
 from __future__ import annotations
@@ -224,6 +228,7 @@ def run_variant(out: Path, budget: Budget, variant: Variant, seed: int, keep: bo
     train_seconds = time.time() - start
     if variant.name == STAGE2_FROM or keep:
         cli.trainer.save_checkpoint(directory / "model.ckpt")
+    train = cli.datamodule.train_set
     start = time.time()
     metrics, curves, truth = evaluate(cli.model, cli.datamodule, budget, seed, directory)
     result = {
@@ -232,7 +237,11 @@ def run_variant(out: Path, budget: Budget, variant: Variant, seed: int, keep: bo
         "metrics": metrics,
         "curves": curves,
         "ground_truth": truth,
-        "trained_segments": max(cli.datamodule.train_set.lengths),
+        "trained_segments": max(train.lengths),
+        "trained_segments_without_probes": max(
+            (n for p, n in zip(train.paths, train.lengths, strict=True) if "probe" not in p.stem),
+            default=0,
+        ),
         "steps": cli.trainer.global_step,
         "train_seconds": train_seconds,
         "eval_seconds": time.time() - start,
@@ -243,6 +252,54 @@ def run_variant(out: Path, budget: Budget, variant: Variant, seed: int, keep: bo
     os.replace(tmp, directory / RESULT)  # atomic: a result.json is always complete
     del cli
     gc.collect()
+
+
+def run_in_parallel(
+    out: Path, name: str, todo: list[tuple[Variant, int]], jobs: int, keep: bool
+) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
+    """Run `todo` in up to `jobs` subprocesses (`--run VARIANT:SEED`, one torch thread per core
+    share); a stage-2 run waits for its seed's MemoryPack run. Returns (finished, failed)."""
+    from experiments.report import write_report
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    pending, running = list(todo), {}
+    finished: list[tuple[str, int]] = []
+    failed: list[tuple[str, int]] = []
+    while pending or running:
+        for variant, seed in list(pending):
+            if len(running) >= jobs:
+                break
+            if variant.stage == 2 and not (run_dir(out, STAGE2_FROM, seed) / RESULT).is_file():
+                if (STAGE2_FROM, seed) in failed or not any(
+                    (v.name, s) == (STAGE2_FROM, seed) for v, s in [*pending, *running]
+                ):
+                    pending.remove((variant, seed))
+                    failed.append((variant.name, seed))
+                continue  # its MemoryPack run is still to come
+            pending.remove((variant, seed))
+            command = [
+                sys.executable, "-m", "experiments.reproduce", "--out", str(out),
+                "--budget", name, "--run", f"{variant.name}:{seed}", "--threads", str(threads),
+            ] + (["--keep_checkpoints"] if keep else [])  # fmt: skip
+            log = (logs / f"{variant.name}_seed{seed}.log").open("w")
+            print(f"[study] {variant.name} seed {seed} (log: {log.name})", flush=True)
+            process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+            running[(variant, seed)] = (process, log)
+        time.sleep(0.5)
+        for key, (process, log) in list(running.items()):
+            if process.poll() is None:
+                continue
+            log.close()
+            del running[key]
+            done = (key[0].name, key[1])
+            (finished if process.returncode == 0 else failed).append(done)
+            if process.returncode == 0:
+                write_report(out, name, BUDGETS[name])
+            else:
+                print(f"[study] {done} failed ({process.returncode}): {log.name}", flush=True)
+    return finished, failed
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -257,12 +314,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument(
         "--keep_checkpoints", action="store_true", help="save every run's model.ckpt"
     )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="runs in parallel subprocesses (cores shared)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    parser.add_argument("--run", default=None, help=argparse.SUPPRESS)  # VARIANT:SEED, internal
     args = parser.parse_args(argv)
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # train.py lives at the repository root
     from experiments.report import write_report
 
+    if args.threads is not None:
+        import cv2
+        import torch
+
+        torch.set_num_threads(args.threads)
+        cv2.setNumThreads(args.threads)
     budget = BUDGETS[args.budget]
+    if args.run is not None:  # one run of a parallel study (run_in_parallel)
+        variant_name, _, seed = args.run.partition(":")
+        variant = next(v for v in VARIANTS if v.name == variant_name)
+        run_variant(args.out, budget, variant, int(seed), args.keep_checkpoints)
+        return {"ran": [(variant_name, int(seed))], "skipped": [], "seconds": 0.0}
     names = [v.name for v in VARIANTS]
     wanted = names if args.variants is None else args.variants.split(",")
     unknown = sorted(set(wanted) - set(names))
@@ -273,16 +346,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     variants = [v for v in VARIANTS if v.name in wanted]
     check_study_dir(args.out, args.budget, budget)
     started = time.time()
-    ran, skipped = [], []
+    ran, skipped, todo = [], [], []
     for seed in budget.seeds:
         for variant in variants:
             if (run_dir(args.out, variant.name, seed) / RESULT).is_file():
                 skipped.append((variant.name, seed))
-                continue
-            print(f"[study] {variant.name} seed {seed}", flush=True)
-            run_variant(args.out, budget, variant, seed, args.keep_checkpoints)
-            ran.append((variant.name, seed))
+            else:
+                todo.append((variant, seed))
+    if args.jobs > 1:
+        ran, failed = run_in_parallel(args.out, args.budget, todo, args.jobs, args.keep_checkpoints)
+        if failed:
             write_report(args.out, args.budget, budget)
+            raise SystemExit(f"runs failed: {failed}; see {args.out / 'logs'}")
+    for variant, seed in todo if args.jobs <= 1 else []:
+        print(f"[study] {variant.name} seed {seed}", flush=True)
+        run_variant(args.out, budget, variant, seed, args.keep_checkpoints)
+        ran.append((variant.name, seed))
+        write_report(args.out, args.budget, budget)
     write_report(args.out, args.budget, budget)
     seconds = time.time() - started
     print(f"[study] {len(ran)} runs trained, {len(skipped)} kept; {seconds:.0f} s; {args.out}")

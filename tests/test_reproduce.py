@@ -104,3 +104,10 @@ def test_a_rerun_keeps_finished_runs_and_redoes_an_interrupted_one(
     assert (run_dir(out, "f1", 0) / "result.json").stat().st_mtime_ns == kept
     with pytest.raises(SystemExit, match="budget 'smoke'"):
         main(["--out", str(out), "--budget", "demo"])
+    # Two runs at once, in subprocesses: a stage-1 run and a stage-2 run (its MemoryPack is done).
+    for variant, seed in (("structure_b", 0), ("stage2_direct", 1)):
+        (run_dir(out, variant, seed) / "result.json").unlink()
+    parallel = main(["--out", str(out), "--budget", "smoke", "--jobs", "2"])
+    assert sorted(parallel["ran"]) == [("stage2_direct", 1), ("structure_b", 0)]
+    assert (out / "logs" / "stage2_direct_seed1.log").is_file()
+    assert json.loads((out / "results.json").read_text())["variants"]["structure_b"]["seeds"] == 2
