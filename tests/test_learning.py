@@ -2,6 +2,7 @@
 in stage 2 (Direct Forcing, output head only). Breaking the update (no step, wrong target, gradients
 that never reach the weights) leaves the loss where it started and fails these tests."""
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -106,3 +107,25 @@ def test_stage2_head_relearns_one_clip(tmp_path: Path) -> None:
     assert after < 0.5 * before, f"stage 2 loss on one clip went {before:.3f} -> {after:.3f}"
     assert after < 1.5 * trained
     assert all(torch.equal(p, frozen[n]) for n, p in module.named_parameters() if n in frozen)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero_at_the_last_step() -> None:
+    lrs: list[float] = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = VideoModule(**parts(), lr=1e-3, warmup_steps=3, lr_schedule="cosine")
+    loader = DataLoader([clip()] * 12, batch_size=1, collate_fn=collate_videos)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=12, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[Record()],
+    )  # fmt: skip
+    trainer.fit(module, loader)
+    assert lrs[0] == pytest.approx(1e-3 / 3 * (0.5 + 0.5 * 1))  # warm-up, cosine at step 0 = 1
+    assert max(lrs) == lrs[2] and lrs[2] == pytest.approx(
+        1e-3 * 0.5 * (1 + math.cos(math.pi * 2 / 12))
+    )
+    assert all(b < a for a, b in zip(lrs[2:], lrs[3:], strict=False))  # decays every step
+    assert lrs[-1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 11 / 12)))
