@@ -32,6 +32,8 @@ class VideoDataModule(L.LightningDataModule):
     `latent_cache`: a directory; when set, `prepare_data` (rank 0) encodes the videos once
     through the model's codec (`trainer.lightning_module.codec`, or one given to `attach_codec`)
     and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
+    `keep_decoded`: decode each video once and keep its uint8 frames in memory (small datasets
+    such as the demo's, where decoding costs more than a training step; see VideoFolderDataset).
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class VideoDataModule(L.LightningDataModule):
         num_predict_videos: int = 2,
         curriculum: LengthCurriculum | None = None,
         latent_cache: str | None = None,
+        keep_decoded: bool = False,
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "folder"):
@@ -90,6 +93,7 @@ class VideoDataModule(L.LightningDataModule):
         self.num_predict_videos = num_predict_videos
         self.curriculum = curriculum
         self.latent_cache = Path(latent_cache) if latent_cache else None
+        self.keep_decoded = keep_decoded
         self._codec: torch.nn.Module | None = None
         self.train_set: VideoFolderDataset | None = None
         self.val_set: VideoFolderDataset | None = None
@@ -121,6 +125,7 @@ class VideoDataModule(L.LightningDataModule):
             segment_frames=self.segment_frames,
             fps=self.fps,
             size=self.resolution,
+            keep_decoded=self.keep_decoded,
         )
 
     def attach_codec(self, codec: torch.nn.Module) -> None:
@@ -176,8 +181,7 @@ class VideoDataModule(L.LightningDataModule):
         """Encode missing or corrupt shards of both splits; returns how many videos were encoded."""
         directory, codec = self._cache_dir(), self._model_codec()
         return sum(
-            build_cache(directory, split, self._dataset(split), codec)
-            for split in ("train", "val")
+            build_cache(directory, split, self._dataset(split), codec) for split in ("train", "val")
         )
 
     def setup(self, stage: str | None = None) -> None:
