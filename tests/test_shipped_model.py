@@ -21,7 +21,7 @@ def test_stage1_is_the_config_model_with_sizes_overridden() -> None:
     assert model.semantic_pack.memory_tokens == 8 and model.hparams.prompt_dropout == 0.1
     # The demo codec (patch-PCA, 16 components), not a benchmark's own.
     assert type(model.codec).__name__ == "PatchPCACodec" and model.codec.latent_channels == 16
-    assert model.encode_image(torch.zeros(1, 3, 32, 32)).shape[1] == 16  # fitted: benchmarks run
+    assert model.encode_image(torch.zeros(1, 3, 32, 32)).shape[-3] == 16  # fitted: benchmarks run
 
 
 def test_stage2_starts_from_the_stage1_weights_and_trains_the_head() -> None:
