@@ -6,8 +6,9 @@
 On the held-out (val) videos of the checkpoint's own data configuration: PSNR/SSIM of frame 0 of a
 rollout against the reference image, and of one segment sampled given the true history against
 the true segment (`eval/generation_quality.py`), for the trained model and for an untrained model
-of the same configuration (same class and hyperparameters, weights as constructed; for a stage-2
-checkpoint that is the stage-1 model it starts from). `copy_last` repeats the last true frame.
+of the same configuration (same class and hyperparameters, weights as constructed but the codec's,
+which is fitted data; for a stage-2 checkpoint that is the stage-1 model it starts from).
+`copy_last` repeats the last true frame: what a model that never moves would score.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import argparse
 import io
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +34,19 @@ ROWS = ("reference_psnr", "reference_ssim", "next_segment_psnr", "next_segment_s
 
 
 def load_model(checkpoint: dict[str, Any], trained: bool) -> VideoModule:
-    """The checkpoint's module; `trained=False` builds it with its initial weights instead."""
+    """The checkpoint's module; `trained=False` builds it with its initial weights instead,
+    keeping only the codec's (a stage-0 codec such as PatchPCACodec is fitted data, not the
+    model being judged)."""
     if not trained:
-        checkpoint = {**checkpoint, "state_dict": {}}
+        codec = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("codec.")}
+        checkpoint = {**checkpoint, "state_dict": codec}
         torch.manual_seed(0)
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     buffer.seek(0)
-    return VideoModule.load_from_checkpoint(buffer, map_location="cpu", strict=trained)
+    with warnings.catch_warnings():  # the untrained model's missing keys are the point
+        warnings.filterwarnings("ignore", message="Found keys that are in the model state dict")
+        return VideoModule.load_from_checkpoint(buffer, map_location="cpu", strict=trained)
 
 
 def held_out(checkpoint: dict[str, Any], count: int, data_dir: str | None) -> tuple[list, int]:
@@ -64,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ckpt", required=True, help="a Lightning checkpoint written by train.py")
     parser.add_argument("--json", default=None, help="write the figures here")
-    parser.add_argument("--num_videos", type=int, default=8, help="held-out videos to score")
+    parser.add_argument("--num_videos", type=int, default=16, help="held-out videos to score")
     parser.add_argument("--next_per_video", type=int, default=2, help="next segments per video")
     parser.add_argument("--sample_steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--data_dir", default=None, help="default: the checkpoint's")

@@ -49,6 +49,18 @@ def contact_sheet(
     return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
 
 
+@torch.no_grad()
+def ground_truth(example: dict, pl_module: L.LightningModule) -> torch.Tensor:
+    """uint8 frames [T, 3, H, W] of a held-out example: its pixels, or (latent-cache data) its
+    cached latents decoded after the image latent, as `generate` decodes a rollout."""
+    if "video" in example:
+        return to_uint8(example["video"].flatten(0, 1))
+    codec = pl_module.codec
+    latents = example["latents"].flatten(0, 1)[None].to(pl_module.device)
+    context = example["image_latent"][None].to(latents)
+    return to_uint8(codec.decode_continuation(context, latents)[0]).cpu()
+
+
 class RolloutVideoLogger(L.Callback):
     """Every `every_n_validations` validation runs, roll out `num_videos` held-out examples.
 
@@ -104,7 +116,7 @@ class RolloutVideoLogger(L.Callback):
             path = out_dir / f"step_{trainer.global_step:07d}_{i}.mp4"
             write_video(path, frames, dm.fps)
             self.written.append(path)
-        truths = [to_uint8(e["video"].flatten(0, 1)) for e in examples]
+        truths = [ground_truth(e, pl_module) for e in examples]
         sheet = contact_sheet(truths, list(video))
         self.sheet = out_dir / "sheet.png"
         Image.fromarray(sheet.permute(1, 2, 0).numpy()).save(self.sheet)

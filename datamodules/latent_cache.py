@@ -44,7 +44,7 @@ def codec_fingerprint(codec: nn.Module) -> str:
     h.update(json.dumps(scalars, sort_keys=True, default=str).encode())
     for name, tensor in sorted(codec.state_dict().items()):
         h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 

@@ -43,6 +43,8 @@ class VideoDataModule(L.LightningDataModule):
     the prefix. The predict set is then the first `num_predict_videos` val videos with at least
     k segments; shorter ones are passed over with a warning naming them and counted
     (`predict_skipped`).
+    `keep_decoded`: decode each video once and keep its uint8 frames in memory (small datasets
+    such as the demo's, where decoding costs more than a training step; see VideoFolderDataset).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class VideoDataModule(L.LightningDataModule):
         latent_cache: str | None = None,
         predict_prefix_segments: int = 0,
         probe_train_videos: int = 0,
+        keep_decoded: bool = False,
     ) -> None:
         super().__init__()
         if source not in ("synthetic", "folder"):
@@ -108,6 +111,7 @@ class VideoDataModule(L.LightningDataModule):
         self.predict_prefix_segments = predict_prefix_segments
         self.probe_train_videos = probe_train_videos
         self.predict_skipped: list[str] = []
+        self.keep_decoded = keep_decoded
         self._codec: torch.nn.Module | None = None
         self.train_set: VideoFolderDataset | None = None
         self.val_set: VideoFolderDataset | None = None
@@ -140,6 +144,7 @@ class VideoDataModule(L.LightningDataModule):
             segment_frames=self.segment_frames,
             fps=self.fps,
             size=self.resolution,
+            keep_decoded=self.keep_decoded,
         )
 
     def attach_codec(self, codec: torch.nn.Module) -> None:

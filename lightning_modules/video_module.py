@@ -5,8 +5,9 @@ segment per video with its ground-truth history (teacher forcing), and exposes `
 rollouts. The Trainer owns the loop; media and evaluation live in `callbacks/` and `eval/`.
 """
 
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -40,6 +41,8 @@ class VideoModule(L.LightningModule):
         timestep_sampling, logit_mean, logit_std, shift: training-time t distribution.
         prompt_dropout: probability of training on the empty prompt, enabling CFG.
         lr, weight_decay, betas, warmup_steps: AdamW with linear warm-up.
+        lr_schedule: after warm-up, `constant`, or `cosine` decay to 0 at the run's last
+            optimizer step (`trainer.estimated_stepping_batches`).
         sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
         rollout_segments: segments per `predict` video (a continued video's prefix included).
         compile: `torch.compile` the DiT blocks or the whole DiT in `configure_model`.
@@ -60,6 +63,7 @@ class VideoModule(L.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.99),
         warmup_steps: int = 50,
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         sample_steps: int = 16,
         sample_shift: float = 1.0,
         cfg_scale: float = 1.0,
@@ -423,7 +427,20 @@ class VideoModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
         warmup = max(1, hp.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        schedule = hp.get("lr_schedule", "constant")
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
+        total = self.trainer.estimated_stepping_batches if schedule == "cosine" else None
+        if total is not None and not math.isfinite(total):
+            raise ValueError("lr_schedule='cosine' needs a finite run: set max_steps or max_epochs")
+
+        def factor(step: int) -> float:
+            ramp = min(1.0, (step + 1) / warmup)
+            if total is None:
+                return ramp
+            return ramp * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

@@ -1,6 +1,7 @@
 """The CLI end to end on tiny configs: fit, validate, test, predict, print_config, media written."""
 
 import json
+import math
 from pathlib import Path
 
 import av
@@ -153,3 +154,21 @@ def test_contact_sheet_places_truth_over_rollout() -> None:
         torch.testing.assert_close(sheet[:, cell : cell + 16 : 2, left : left + 16 : 2], rollout[k])
     left = label + 7 * cell  # the truth is shorter than the rollout: its cell stays blank
     assert (sheet[:, 0:16, left : left + 16] == 255).all()
+
+
+def test_generation_quality_benchmark_reads_a_trained_checkpoint(
+    trained: tuple[Path, object], tmp_path: Path
+) -> None:
+    from benchmarks.generation_quality import main as generation_quality
+
+    _, cli = trained
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    out = generation_quality(
+        ["--ckpt", ckpt, "--num_videos", "2", "--json", str(tmp_path / "q.json")]
+    )
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert saved == json.loads(json.dumps(out))  # what main returns is what it wrote
+    for key in ("reference_psnr", "next_segment_psnr", "next_segment_ssim", "copy_last_psnr"):
+        assert math.isfinite(saved[key]), key
+    assert math.isfinite(saved["untrained"]["next_segment_psnr"])
+    assert saved["sample_steps"] == cli.model.hparams.sample_steps

@@ -288,3 +288,20 @@ def test_datamodule_counts_a_skipped_metadata_line_once(tmp_path: Path) -> None:
         dm.setup("fit")
     assert len(dm.train_set) == 1 and len(dm.val_set) == 1
     assert dm.num_skipped == 1
+
+
+def test_keep_decoded_reads_each_video_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datamodules.video_dataset as vd
+
+    root = generate_dataset(tmp_path, 2, 0, 1, 2, 2, 8.0, (16, 16), seed=0)
+    reads: list[Path] = []
+    real = vd.read_video
+    monkeypatch.setattr(vd, "read_video", lambda path, *a: reads.append(path) or real(path, *a))
+    kept = vd.VideoFolderDataset(root, "train", 2, 8.0, (16, 16), keep_decoded=True)
+    plain = vd.VideoFolderDataset(root, "train", 2, 8.0, (16, 16))
+    first = kept[1]
+    first["video"].add_(1.0)  # what a caller does to an item must not reach the kept frames
+    assert torch.equal(kept[1]["video"], plain[1]["video"])
+    assert len(reads) == 2  # kept: one read of video 1; plain: one read

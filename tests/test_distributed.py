@@ -52,6 +52,8 @@ def check_against_single_process(tmp: Path, probe: Path) -> None:
         "--config", str(ROOT / "configs/stage1.yaml"), "--config", str(ROOT / "tests/configs/tiny.yaml"),
         f"--data.init_args.data_dir={tmp / 'data'}", "--trainer.logger=false",
     ], run=False)  # fmt: skip
+    cli.datamodule.setup("fit")
+    cli.datamodule.fit_codec(cli.model.codec)  # stage 0, as every rank's setup did (deterministic)
 
     def rank_loss(module: torch.nn.Module, batch: dict, scale: float) -> None:
         (module.teacher_forcing_loss(batch, module.hparams.prompt_dropout) * scale).backward()

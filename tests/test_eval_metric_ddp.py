@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import launcher_env
 
 from eval.backends.registry import build_backends
 from eval.metric import VideoScoreMean
@@ -53,22 +54,29 @@ def _worker(rank: int, world: int, port: str, out: str) -> None:
     try:
         values = _score_shard(rank, world)  # every rank calls compute (it all-reduces)
         Path(out, f"rank{rank}.json").write_text(json.dumps(values))
+        # Rank 0 hosts the TCP store: leaving before rank 1 is done with it aborts rank 1 (SIGABRT).
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_rank_ddp_equals_single_process(tmp_path: Path) -> None:
     single = _score_shard(0, 1)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**launcher_env(), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     port = str(_free_port())
+    logs = [tmp_path / f"rank{r}.log" for r in range(2)]
     # Two worker processes launched side by side, like torchrun would.
     procs = [
         subprocess.Popen(
-            [sys.executable, __file__, "--worker", str(r), port, str(tmp_path)], env=env
-        )
+            [sys.executable, __file__, "--worker", str(r), port, str(tmp_path)],
+            env=env,
+            stdout=logs[r].open("w"),
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
         for r in range(2)
     ]
-    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    codes = [p.wait(timeout=120) for p in procs]
+    assert codes == [0, 0], "\n".join(log.read_text()[-2000:] for log in logs)
     for rank in range(2):
         ddp = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert ddp.keys() == single.keys()

@@ -14,6 +14,7 @@ from einops import rearrange
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
+from callbacks.video_logger import ground_truth  # noqa: E402
 from datamodules.video_dataset import VideoFolderDataset  # noqa: E402
 from lightning_modules.direct_forcing import DirectForcingModule  # noqa: E402
 from lightning_modules.video_module import VideoModule, to_uint8  # noqa: E402
@@ -75,6 +76,12 @@ def test_stage1_fits_from_the_causal_vae_latent_cache(stage1: tuple) -> None:
     assert videos
     with av.open(str(videos[0])) as container:
         assert sum(1 for _ in container.decode(video=0)) == 3 * 8
+    # Its contact sheet shows the cached ground truth, decoded after the image latent.
+    truth = ground_truth(cached, model)
+    assert truth.shape == item["video"].flatten(0, 1).shape and truth.dtype == torch.uint8
+    decoded = model.codec.decode_continuation(cached["image_latent"][None], latents)[0]
+    assert torch.equal(truth, to_uint8(decoded))
+    assert next((tmp / "runs").rglob("rollouts/sheet.png")).stat().st_size > 0
 
 
 def test_checkpoint_round_trip(stage1: tuple) -> None:

@@ -19,7 +19,9 @@ def test_stage1_is_the_config_model_with_sizes_overridden() -> None:
     assert model.semantic_pack is not None and model.semantic_pack.width == 32
     assert (model.dit.width, len(model.dit.blocks), model.dit.grad_checkpointing) == (32, 1, True)
     assert model.semantic_pack.memory_tokens == 8 and model.hparams.prompt_dropout == 0.1
-    assert model.codec.latent_channels == 12  # the demo codec (patch 2), not a benchmark's own
+    # The demo codec (patch-PCA, 16 components), not a benchmark's own.
+    assert type(model.codec).__name__ == "PatchPCACodec" and model.codec.latent_channels == 16
+    assert model.encode_image(torch.zeros(1, 3, 32, 32)).shape[-3] == 16  # fitted: benchmarks run
 
 
 def test_stage2_starts_from_the_stage1_weights_and_trains_the_head() -> None:
