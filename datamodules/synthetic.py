@@ -8,10 +8,13 @@ revealing new background.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 # Bumped whenever rendering changes, so cached datasets from an older generator are regenerated.
 GENERATOR_VERSION = 1
 ARGS_FILE = ".synthetic.json"
+LOCK_FILE = ".synthetic.lock"
 METADATA_FILE = "metadata.jsonl"
 
 OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -258,10 +262,44 @@ def generate_dataset(
     )
     if probe_train:  # only when used: datasets written before the option stay valid
         args["probe_train"] = probe_train
+    # Processes sharing a data_dir (a parallel study, several runs started at once) render it
+    # once: the first holds the lock while it renders, the others then find it complete.
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / LOCK_FILE):
+        _generate(root, args, num_train, num_val, min_segments, max_segments, segment_frames,
+                  fps, size, seed, probe_train)  # fmt: skip
+    return root
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `path`, held for the `with` block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _generate(
+    root: Path,
+    args: dict[str, object],
+    num_train: int,
+    num_val: int,
+    min_segments: int,
+    max_segments: int,
+    segment_frames: int,
+    fps: float,
+    size: tuple[int, int],
+    seed: int,
+    probe_train: int,
+) -> None:
+    """generate_dataset's work, under its lock: reuse a complete dataset or render it."""
     metadata = root / METADATA_FILE
     if _is_complete(root, args, num_train + num_val + probe_train):
         log.info("reusing synthetic dataset in %s", root)
-        return root
+        return
     if metadata.exists() and not (root / ARGS_FILE).exists():
         raise FileExistsError(
             f"{metadata} exists but was not written by the synthetic generator; "
@@ -301,4 +339,3 @@ def generate_dataset(
     tmp = metadata.with_name(metadata.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, metadata)  # atomic on POSIX: readers see no metadata or the full file
-    return root

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +135,33 @@ def test_generator_reuses_then_regenerates_on_new_args(tmp_path: Path) -> None:
     generate_dataset(tmp_path, 3, 1, 1, 2, SEG, 8.0, SIZE, seed=0)
     assert len((root / "metadata.jsonl").read_text().splitlines()) == 4
     assert json.loads((root / ".synthetic.json").read_text())["num_train"] == 3
+
+
+def test_concurrent_generators_render_a_shared_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs started together on one data_dir (a parallel study): one renders, the other waits
+    and reuses it, instead of deleting and rewriting the videos the first is about to read."""
+    import datamodules.synthetic as synthetic
+
+    written: list[str] = []
+
+    def slow_write(path: Path, frames: torch.Tensor, fps: float) -> None:
+        written.append(Path(path).name)
+        time.sleep(0.05)  # the two generators overlap for the whole render
+        write_video(path, frames, fps)
+
+    monkeypatch.setattr(synthetic, "write_video", slow_write)
+    threads = [
+        threading.Thread(target=generate_dataset, args=(tmp_path, 3, 1, 1, 2, SEG, 8.0, SIZE, 0))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(written) == sorted(set(written)) and len(written) == 4
+    assert len(VideoFolderDataset(tmp_path, "train", SEG, 8.0, SIZE)) == 3
 
 
 def test_generator_refuses_to_overwrite_foreign_metadata(tmp_path: Path) -> None:
