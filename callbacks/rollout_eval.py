@@ -15,6 +15,15 @@ row is then labelled `ground truth (k/n shorter)` and `eval/<length>/ground_trut
 is logged. The data do not change between evaluations, so the rows are computed once and reused.
 A val set without pixel videos (a latent cache) gets no ground-truth row, with a warning.
 
+Memory probe (`probe_videos` > 0): that many held-out probe videos (`datamodules/probe.py`) are
+continued from their prefix and scored by `eval/probe.py`; logged as `eval/probe/<key>` (memory,
+chance, oracle, colour errors, and with SemanticPack the same model with its read-in gates shut).
+A model whose history never lets the landmark go (`full_history`) is skipped with a warning.
+
+After each evaluation `results` holds what was logged, `{"<length>": scores, "<length>/ground_truth":
+scores, "probe": scores}`, and `curves` the per-segment curves `{"<length>": {metric: [...]}}`
+(`experiments/reproduce.py` reads both).
+
 DDP / FSDP: examples are sharded i = rank, rank + world, ...; every rank makes the same number of
 `generate` calls (short shards are padded with a dummy example whose result is discarded), because an
 FSDP-sharded model runs collectives inside its forward; every rank calls `compute()` in the same order.
@@ -56,6 +65,7 @@ class RolloutEvalCallback(L.Callback):
         num_logged_videos: int = 2,
         output_dir: str | None = None,
         seed: int = 0,
+        probe_videos: int = 0,
     ) -> None:
         super().__init__()
         self.lengths = (
@@ -67,8 +77,12 @@ class RolloutEvalCallback(L.Callback):
         for arg, value in (("every_n_epochs", every_n_epochs), ("num_videos", num_videos)):
             if value < 1:
                 raise ValueError(f"{arg} must be >= 1, got {value!r}")
-        if num_logged_videos < 0:
-            raise ValueError(f"num_logged_videos must be >= 0, got {num_logged_videos!r}")
+        for arg, value in (
+            ("num_logged_videos", num_logged_videos),
+            ("probe_videos", probe_videos),
+        ):
+            if value < 0:
+                raise ValueError(f"{arg} must be >= 0, got {value!r}")
         self.every_n_epochs = every_n_epochs
         self.num_videos = num_videos
         self.backend_specs = backends
@@ -77,6 +91,9 @@ class RolloutEvalCallback(L.Callback):
         self.seed = seed
         self._backends: BackendSet | None = None  # built on first use: no model loading at init
         self._ground_truth: dict[tuple[str, int], tuple[dict[str, float], float]] = {}
+        self.probe_videos = probe_videos
+        self.results: dict[str, dict[str, float]] = {}
+        self.curves: dict[str, dict[str, list[float]]] = {}
 
     # ---- hooks -----------------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -132,11 +149,21 @@ class RolloutEvalCallback(L.Callback):
                     out_dir / "rollouts" / tag,
                 )
                 rows.append(({"model": type(pl_module).__name__, "length": name}, scores))
+                self.results[name] = scores
                 truth = self._ground_truth_row(
                     pl_module, backends, keys, shard, val_set, fps, name, segments
                 )
                 if truth is not None:
                     rows.append(truth)
+                    fraction = self._ground_truth[(name, segments)][1]
+                    self.results[f"{name}/ground_truth"] = {
+                        **truth[1],
+                        "fraction_shorter": fraction,
+                    }
+            if self.probe_videos:
+                probe = self._run_probe(trainer, pl_module, datamodule)
+                if probe is not None:
+                    self.results["probe"] = probe
         finally:
             pl_module.train(was_training)
         if trainer.is_global_zero:
@@ -197,7 +224,41 @@ class RolloutEvalCallback(L.Callback):
             pl_module.log(f"eval/{name}/{key}", value, sync_dist=False, rank_zero_only=False)
         if trainer.is_global_zero:
             self._log_curves(trainer, name, curve_values)
+        by_metric: dict[str, list[float]] = {}
+        for key, value in curve_values.items():  # "<metric>/<segment>", segments in order
+            by_metric.setdefault(key.rpartition("/")[0], []).append(value)
+        self.curves[name] = by_metric
         return results
+
+    def _run_probe(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, datamodule: object
+    ) -> dict[str, float] | None:
+        """The memory probe on this rank's shard of the probe set, reduced and logged."""
+        from datamodules.probe import probe_set
+        from eval.probe import PROBE_KEYS, probe_video_scores
+
+        size, frames = datamodule.resolution, datamodule.segment_frames  # type: ignore[attr-defined]
+        probes = probe_set(self.probe_videos, size, frames, seed=self.seed)
+        history = pl_module.dit.history_frames
+        try:
+            probes[0].check_history(
+                None if history is None else history * pl_module.codec.temporal_factor
+            )
+        except ValueError as err:
+            warnings.warn(f"RolloutEvalCallback: memory probe skipped: {err}", stacklevel=2)
+            return None
+        shard = shard_indices(len(probes), trainer.global_rank, trainer.world_size)
+        rows = probe_video_scores(
+            pl_module, [probes[i if i is not None else 0] for i in shard], seed=self.seed
+        )
+        metric = VideoScoreMean(list(PROBE_KEYS)).to(pl_module.device)
+        for index, row in zip(shard, rows, strict=True):
+            if index is not None:  # padding keeps every rank's generate calls aligned
+                metric.update(row)
+        result = {k: float(v) for k, v in metric.compute().items()}
+        for key, value in result.items():
+            pl_module.log(f"eval/probe/{key}", value, sync_dist=False, rank_zero_only=False)
+        return result
 
     def _ground_truth_row(
         self,

@@ -8,10 +8,13 @@ revealing new background.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 # Bumped whenever rendering changes, so cached datasets from an older generator are regenerated.
 GENERATOR_VERSION = 1
 ARGS_FILE = ".synthetic.json"
+LOCK_FILE = ".synthetic.lock"
 METADATA_FILE = "metadata.jsonl"
 
 OBJECT_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -218,8 +222,13 @@ def generate_dataset(
     fps: float,
     size: tuple[int, int],
     seed: int,
+    probe_train: int = 0,
 ) -> Path:
     """Write `root/videos/*.mp4`, `root/metadata.jsonl` and `root/.synthetic.json`; return root.
+
+    `probe_train` adds that many training videos of memory-probe events (`datamodules/probe.py`:
+    a landmark shown, hidden longer than FramePack's history, shown again), each as long as the
+    probe (`ProbeSchedule().num_segments` segments), so a model can learn to remember.
 
     Reuses an existing dataset generated with identical arguments. A directory holding a previous
     synthetic dataset with different arguments (or an interrupted run, which has no metadata) is
@@ -235,6 +244,8 @@ def generate_dataset(
         raise ValueError(
             f"need 1 <= min_segments <= max_segments, got {min_segments}, {max_segments}"
         )
+    if probe_train < 0:
+        raise ValueError(f"probe_train must be >= 0, got {probe_train}")
     if segment_frames <= 0 or not fps > 0:
         raise ValueError(f"segment_frames and fps must be positive, got {segment_frames}, {fps}")
     size = (int(size[0]), int(size[1]))
@@ -249,10 +260,46 @@ def generate_dataset(
         size=list(size),
         seed=seed,
     )
+    if probe_train:  # only when used: datasets written before the option stay valid
+        args["probe_train"] = probe_train
+    # Processes sharing a data_dir (a parallel study, several runs started at once) render it
+    # once: the first holds the lock while it renders, the others then find it complete.
+    root.mkdir(parents=True, exist_ok=True)
+    with _exclusive(root / LOCK_FILE):
+        _generate(root, args, num_train, num_val, min_segments, max_segments, segment_frames,
+                  fps, size, seed, probe_train)  # fmt: skip
+    return root
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `path`, held for the `with` block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _generate(
+    root: Path,
+    args: dict[str, object],
+    num_train: int,
+    num_val: int,
+    min_segments: int,
+    max_segments: int,
+    segment_frames: int,
+    fps: float,
+    size: tuple[int, int],
+    seed: int,
+    probe_train: int,
+) -> None:
+    """generate_dataset's work, under its lock: reuse a complete dataset or render it."""
     metadata = root / METADATA_FILE
-    if _is_complete(root, args, num_train + num_val):
+    if _is_complete(root, args, num_train + num_val + probe_train):
         log.info("reusing synthetic dataset in %s", root)
-        return root
+        return
     if metadata.exists() and not (root / ARGS_FILE).exists():
         raise FileExistsError(
             f"{metadata} exists but was not written by the synthetic generator; "
@@ -280,8 +327,15 @@ def generate_dataset(
         relative = f"videos/{split}_{index:05d}.mp4"
         write_video(root / relative, frames, fps)
         lines.append(json.dumps({"path": relative, "caption": caption, "split": split}))
+    from datamodules.probe import render_probe_video  # here: probe.py imports this module
+
+    for index in range(probe_train):
+        rng = np.random.default_rng([seed, 7, index])
+        probe = render_probe_video(2 * int(rng.integers(2**30)), size, segment_frames)  # even
+        relative = f"videos/train_probe_{index:05d}.mp4"
+        write_video(root / relative, probe.frames, fps)
+        lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train"}))
 
     tmp = metadata.with_name(metadata.name + ".tmp")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, metadata)  # atomic on POSIX: readers see no metadata or the full file
-    return root

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +34,15 @@ class VideoDataModule(L.LightningDataModule):
     `latent_cache`: a directory; when set, `prepare_data` (rank 0) encodes the videos once
     through the model's codec (`trainer.lightning_module.codec`, or one given to `attach_codec`)
     and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
+
+    `probe_train_videos` (synthetic source): extra training videos of memory-probe events
+    (`datamodules/probe.py`), so that a model can learn to remember what left the view.
+
+    `predict_prefix_segments` k > 0 makes `predict` continue videos (README "Video continuation"):
+    its batches carry `prefix_segments` = k and the model keeps their first k real segments as
+    the prefix. The predict set is then the first `num_predict_videos` val videos with at least
+    k segments; shorter ones are passed over with a warning naming them and counted
+    (`predict_skipped`).
     `keep_decoded`: decode each video once and keep its uint8 frames in memory (small datasets
     such as the demo's, where decoding costs more than a training step; see VideoFolderDataset).
     """
@@ -53,6 +64,8 @@ class VideoDataModule(L.LightningDataModule):
         num_predict_videos: int = 2,
         curriculum: LengthCurriculum | None = None,
         latent_cache: str | None = None,
+        predict_prefix_segments: int = 0,
+        probe_train_videos: int = 0,
         keep_decoded: bool = False,
     ) -> None:
         super().__init__()
@@ -70,6 +83,8 @@ class VideoDataModule(L.LightningDataModule):
             ("num_val_videos", num_val_videos, 1),
             ("min_segments", min_segments, 1),
             ("num_predict_videos", num_predict_videos, 1),
+            ("predict_prefix_segments", predict_prefix_segments, 0),
+            ("probe_train_videos", probe_train_videos, 0),
         ):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
@@ -93,6 +108,9 @@ class VideoDataModule(L.LightningDataModule):
         self.num_predict_videos = num_predict_videos
         self.curriculum = curriculum
         self.latent_cache = Path(latent_cache) if latent_cache else None
+        self.predict_prefix_segments = predict_prefix_segments
+        self.probe_train_videos = probe_train_videos
+        self.predict_skipped: list[str] = []
         self.keep_decoded = keep_decoded
         self._codec: torch.nn.Module | None = None
         self.train_set: VideoFolderDataset | None = None
@@ -116,6 +134,7 @@ class VideoDataModule(L.LightningDataModule):
             fps=self.fps,
             size=self.resolution,
             seed=self.seed,
+            probe_train=self.probe_train_videos,
         )
 
     def _dataset(self, split: str) -> VideoFolderDataset:
@@ -291,5 +310,42 @@ class VideoDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         dataset = self._require(self.val_set, "val_set")
-        count = min(self.num_predict_videos, len(dataset))
-        return self._loader(Subset(dataset, range(count)), batch_size=1, shuffle=False)
+        k = self.predict_prefix_segments
+        if not k:
+            count = min(self.num_predict_videos, len(dataset))
+            return self._loader(Subset(dataset, range(count)), batch_size=1, shuffle=False)
+        if self.latent_cache is not None:
+            raise ValueError(
+                f"predict_prefix_segments={k} continues real videos, which needs their pixels; "
+                f"the val set is read from latent_cache={str(self.latent_cache)!r}: unset it"
+            )
+        chosen: list[int] = []
+        for index, length in enumerate(dataset.lengths):
+            if len(chosen) == self.num_predict_videos:
+                break
+            if length >= k:
+                chosen.append(index)
+                continue
+            self.predict_skipped.append(str(dataset.paths[index]))
+            warnings.warn(
+                f"predict: {dataset.paths[index]} has {length} segments, fewer than "
+                f"predict_prefix_segments={k}; skipped ({len(self.predict_skipped)} so far)",
+                stacklevel=2,
+            )
+        if not chosen:
+            raise ValueError(f"no val video has predict_prefix_segments={k} segments to continue")
+        return DataLoader(
+            Subset(dataset, chosen),
+            batch_size=1,
+            num_workers=self.num_workers,
+            collate_fn=partial(collate_with_prefix, k),
+            persistent_workers=self.num_workers > 0,
+        )
+
+
+def collate_with_prefix(prefix_segments: int, items: list[dict[str, Any] | None]) -> Any:
+    """`collate_videos`, marking the batch's first `prefix_segments` segments as the prefix."""
+    batch = collate_videos(items)
+    if batch is not None:
+        batch["prefix_segments"] = prefix_segments
+    return batch

@@ -44,7 +44,7 @@ class VideoModule(L.LightningModule):
         lr_schedule: after warm-up, `constant`, or `cosine` decay to 0 at the run's last
             optimizer step (`trainer.estimated_stepping_batches`).
         sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
-        rollout_segments: segments generated per example by `predict`.
+        rollout_segments: segments per `predict` video (a continued video's prefix included).
         compile: `torch.compile` the DiT blocks or the whole DiT in `configure_model`.
     """
 
@@ -394,11 +394,21 @@ class VideoModule(L.LightningModule):
         return torch.cat(out, dim=1)
 
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:
+        """Roll out each example; a batch with `prefix_segments` k (the datamodule's
+        `predict_prefix_segments`) continues its real videos from their first k segments."""
         if batch is None:
             return None
+        k, total = int(batch.get("prefix_segments", 0)), self.hparams.rollout_segments
+        if k >= total:
+            raise ValueError(
+                f"predict continues {k} real segments but rollout_segments={total} leaves "
+                f"nothing to generate: set rollout_segments > {k}"
+            )
         video = self.generate(
-            batch["image"], batch["caption"], self.hparams.rollout_segments, progress=True
-        )
+            batch["image"], batch["caption"], total, progress=True,
+            frames_per_segment=batch["video"].shape[2] if k else None,
+            prefix=batch["video"][:, :k].flatten(1, 2) if k else None,
+        )  # fmt: skip
         return {"video": video, "name": batch["name"], "caption": batch["caption"]}
 
     # ----------------------------------------------------------------- scaling

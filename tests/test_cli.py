@@ -13,6 +13,8 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks.video_logger import contact_sheet
+from datamodules.video_io import read_video
+from eval.probe import main as probe_main
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,6 +95,39 @@ def test_predict_writes_decodable_mp4(trained: tuple[Path, object]) -> None:
     with av.open(str(files[0])) as container:
         n = sum(1 for _ in container.decode(video=0))
     assert n == 2 * cli.datamodule.segment_frames  # rollout_segments = 2 in tiny.yaml
+
+
+def test_predict_continues_the_held_out_videos(trained: tuple[Path, object]) -> None:
+    """data predict_prefix_segments=1: each mp4 starts with its real video's first segment (a
+    data setting: LightningCLI replaces model arguments with the checkpoint's under ckpt_path)."""
+    tmp, cli = trained
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    out_dir = tmp / "continued"
+    main([
+        "predict", *cli_args(tmp), f"--ckpt_path={ckpt}",
+        f"--trainer.callbacks.output_dir={out_dir}", "--data.init_args.predict_prefix_segments=1",
+    ])  # fmt: skip
+    dm, frames = cli.datamodule, cli.datamodule.segment_frames
+    files = sorted(out_dir.glob("*.mp4"))
+    assert [f.stem for f in files] == sorted(dm.val_set.paths[i].stem for i in range(2))
+    for path in files:
+        written = read_video(path)
+        assert written.shape[0] == 2 * frames  # rollout_segments = 2, the prefix included
+        source = dm.val_set.paths[[p.stem for p in dm.val_set.paths].index(path.stem)]
+        real = read_video(source, dm.fps, dm.resolution, frames)
+        # Two H.264 round trips at CRF 12: a few grey levels apart, not a generated segment.
+        assert (written[:frames].float() - real.float()).abs().mean() < 4.0
+
+
+def test_memory_probe_runs_offline_on_a_checkpoint(trained: tuple[Path, object]) -> None:
+    """`python -m eval.probe --ckpt`: the checkpoint's data size and segment length, JSON out."""
+    tmp, cli = trained
+    out = tmp / "probe.json"
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    probe_main(["--ckpt", ckpt, "--num_videos", "2", "--json", str(out)])
+    scores = json.loads(out.read_text())
+    assert scores["videos"] == 2 and scores["chance"] == 1 / 8 and scores["oracle"] == 1.0
+    assert 0 <= scores["memory"] <= 1 and 0 <= scores["memory_gates_shut"] <= 1
 
 
 def test_print_config_round_trips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

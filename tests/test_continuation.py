@@ -69,3 +69,24 @@ def test_continuation_changes_with_the_prefix_and_rejects_partial_segments() -> 
         module.generate(image, ["a"], 2, frames_per_segment=4, prefix=prefix[:, :3])
     with pytest.raises(ValueError, match="prefix of 12 frames"):
         module.generate(image, ["a"], 2, frames_per_segment=4, prefix=prefix.repeat(1, 3, 1, 1, 1))
+
+
+def test_predict_continues_a_batch_with_prefix_segments() -> None:
+    """A predict batch with `prefix_segments` k: generate gets its first k real segments as the
+    prefix, the video starts with them and only the rest is sampled; k >= rollout_segments
+    (nothing left to generate) stops with an error naming both."""
+    module = tiny_module(tiny_pack(), sample_steps=2, rollout_segments=3).eval()
+    torch.manual_seed(5)
+    video = torch.rand(1, 3, 4, 3, 16, 16) * 2 - 1
+    batch = {
+        "video": video, "image": video[:, 0, 0], "num_segments": torch.tensor([3]),
+        "caption": ["a red circle"], "name": ["v"], "prefix_segments": 2,
+    }  # fmt: skip
+    calls = spy_on_dit(module)
+    out = module.predict_step(batch, 0)
+    assert out["video"].shape == (1, 12, 3, 16, 16) and out["name"] == ["v"]
+    truth = ((video[0, :2].flatten(0, 1).clamp(-1, 1) + 1) * 127.5).round().byte()
+    assert torch.equal(out["video"][0, :8], truth)
+    assert [c["segment"].tolist() for c in calls] == [[2], [2]]  # only segment 2 is sampled
+    with pytest.raises(ValueError, match="continues 3 real segments but rollout_segments=3"):
+        module.predict_step({**batch, "prefix_segments": 3}, 0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +137,33 @@ def test_generator_reuses_then_regenerates_on_new_args(tmp_path: Path) -> None:
     assert json.loads((root / ".synthetic.json").read_text())["num_train"] == 3
 
 
+def test_concurrent_generators_render_a_shared_directory_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs started together on one data_dir (a parallel study): one renders, the other waits
+    and reuses it, instead of deleting and rewriting the videos the first is about to read."""
+    import datamodules.synthetic as synthetic
+
+    written: list[str] = []
+
+    def slow_write(path: Path, frames: torch.Tensor, fps: float) -> None:
+        written.append(Path(path).name)
+        time.sleep(0.05)  # the two generators overlap for the whole render
+        write_video(path, frames, fps)
+
+    monkeypatch.setattr(synthetic, "write_video", slow_write)
+    threads = [
+        threading.Thread(target=generate_dataset, args=(tmp_path, 3, 1, 1, 2, SEG, 8.0, SIZE, 0))
+        for _ in range(2)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(written) == sorted(set(written)) and len(written) == 4
+    assert len(VideoFolderDataset(tmp_path, "train", SEG, 8.0, SIZE)) == 3
+
+
 def test_generator_refuses_to_overwrite_foreign_metadata(tmp_path: Path) -> None:
     _write_metadata(tmp_path, [{"path": "mine.mp4", "caption": "real data"}])
     with pytest.raises(FileExistsError, match="metadata.jsonl"):
@@ -237,6 +266,31 @@ def test_datamodule_prepare_setup_and_batch_shapes(tmp_path: Path) -> None:
     assert order == [b["name"] for b in dm.train_dataloader()]  # seeded shuffle is reproducible
     predict = list(dm.predict_dataloader())
     assert len(predict) == 2 and all(len(b["name"]) == 1 for b in predict)
+
+
+def test_predict_continuation_takes_videos_long_enough_for_the_prefix(tmp_path: Path) -> None:
+    """predict_prefix_segments=2: batches carry prefix_segments; the predict set is the first
+    val videos with >= 2 segments, the shorter ones before them named in a warning and counted."""
+    entries = []
+    for index, segments in enumerate([1, 3, 1, 2, 4]):  # val lengths in segments of SEG frames
+        _write_synthetic(tmp_path / f"v{index}.mp4", index, segments * SEG)
+        entries.append({"path": f"v{index}.mp4", "caption": "c", "split": "val"})
+    _write_metadata(tmp_path, entries)
+    dm = VideoDataModule(
+        data_dir=str(tmp_path), source="folder", segment_frames=SEG, num_predict_videos=2,
+        predict_prefix_segments=2,
+    )  # fmt: skip
+    dm.setup("predict")
+    with pytest.warns(UserWarning, match=r"v0.mp4 has 1 segments, fewer than") as caught:
+        batches = list(dm.predict_dataloader())
+    assert [b["name"] for b in batches] == [["v1"], ["v3"]]
+    assert all(b["prefix_segments"] == 2 for b in batches)
+    assert [Path(p).name for p in dm.predict_skipped] == ["v0.mp4", "v2.mp4"]
+    assert sum("fewer than predict_prefix_segments" in str(w.message) for w in caught) == 2
+    dm.predict_prefix_segments = 5
+    with pytest.raises(ValueError, match="no val video has predict_prefix_segments=5"):
+        with pytest.warns(UserWarning):
+            dm.predict_dataloader()
 
 
 @pytest.mark.parametrize(

@@ -516,3 +516,30 @@ def test_cli_stage2_takes_its_architecture_from_stage1(tmp_path: Path) -> None:
     assert same.model.dit.rope_layout == "absolute"
     with pytest.raises(ValueError, match="dit.rope_layout: given 'relative', stage 1 'absolute'"):
         main([*stage2_args, "--config", str(overrides["relative"])], run=False)
+
+
+def validation_epochs(trainer: dict, steps_per_epoch: int) -> list[int]:
+    """Epochs in which the demo's validations run: every `val_check_interval` steps when it is an
+    int and `check_val_every_n_epoch` is null, else at the end of every n-th complete epoch."""
+    interval, every = trainer.get("val_check_interval"), trainer.get("check_val_every_n_epoch")
+    steps = trainer["max_steps"]
+    if every is None:
+        return [(s - 1) // steps_per_epoch for s in range(interval, steps + 1, interval)]
+    return [e for e in range(steps // steps_per_epoch) if (e + 1) % every == 0]
+
+
+def test_stage2_config_evaluates_drift_and_memory_during_the_demo() -> None:
+    """Stage 2's TensorBoard shows drift like stage 1's: its config has RolloutEvalCallback, and
+    the callback fires at a validation the demo reaches (epoch = num_train_videos steps)."""
+    config = yaml.safe_load((ROOT / "configs/stage2_direct_forcing.yaml").read_text())
+    trainer, data = config["trainer"], config["data"]["init_args"]
+    evals = [
+        c["init_args"]
+        for c in trainer["callbacks"]
+        if c["class_path"] == "callbacks.rollout_eval.RolloutEvalCallback"
+    ]
+    assert len(evals) == 1 and evals[0]["probe_videos"] > 0
+    assert max(evals[0]["lengths"].values()) >= 16
+    epochs = validation_epochs(trainer, data["num_train_videos"] // data["batch_size"])
+    fires = [e for e in epochs if (e + 1) % evals[0]["every_n_epochs"] == 0]
+    assert fires, f"no evaluation at the demo's validations (epochs {epochs})"

@@ -1,0 +1,180 @@
+"""The memory probe: the landmark shows only in the prefix and the return, its return is scored
+against the truth, and a model whose memory read-in is shut cannot know it."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+from test_semantic_pack import perturb
+from torch.utils.data import DataLoader, TensorDataset
+
+from callbacks.rollout_eval import RolloutEvalCallback
+from datamodules.probe import LANDMARK_COLOURS, ProbeSchedule, probe_set, render_probe_video
+from datamodules.synthetic import OBJECT_COLOURS, generate_dataset
+from eval.probe import memory_probe, memory_read_shut, probe_video_scores, score_colour
+from lightning_modules.codec import SpaceToDepthCodec
+from lightning_modules.dit import VideoDiT
+from lightning_modules.semantic_pack import SemanticPack
+from lightning_modules.text_encoder import HashTextEncoder
+from lightning_modules.video_module import VideoModule
+
+T = 4  # frames per segment
+F1_HISTORY = 19  # FramePack-F1's (1, 2, 16) packing at temporal factor 1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Any:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def probe_module(memory: bool) -> VideoModule:
+    """A tiny model with F1's history window; memory gates opened so psi is read."""
+    torch.manual_seed(0)
+    dit = VideoDiT(latent_channels=12, text_dim=16, width=32, depth=1, heads=2,
+                   frame_pack=(1, 2, 16))  # fmt: skip
+    pack = SemanticPack(latent_channels=12, text_dim=16, width=32, memory_tokens=4, heads=2)
+    module = VideoModule(dit, SpaceToDepthCodec(patch=2), HashTextEncoder(dim=16),
+                         pack if memory else None, sample_steps=2)  # fmt: skip
+    perturb(module)
+    return module.eval()
+
+
+def test_landmark_shows_only_in_the_prefix_and_the_return() -> None:
+    schedule = ProbeSchedule()
+    with_mark = render_probe_video(11, (32, 32), T, schedule)
+    without = render_probe_video(11, (32, 32), T, schedule, landmark=False)
+    differs = (with_mark.frames != without.frames).flatten(1).any(dim=1)
+    prefix, reopen = with_mark.prefix_frames, with_mark.return_start
+    assert not differs[0]  # the reference image
+    assert not differs[prefix - 1 : reopen].any()  # shut from the prefix's last frame to reopening
+    assert differs[1:prefix].any() and differs[reopen:].all()
+    assert with_mark.frames.shape[0] == schedule.num_segments * T
+    assert with_mark.caption == without.caption  # the caption never mentions the landmark
+    assert with_mark.scored_frames and min(with_mark.scored_frames) > reopen
+    with_mark.check_history(F1_HISTORY)
+    with pytest.raises(ValueError, match="within the 19-frame history"):
+        render_probe_video(11, (32, 32), T, ProbeSchedule(gap_segments=4)).check_history(19)
+    with pytest.raises(ValueError, match="full_history"):
+        with_mark.check_history(None)
+
+
+def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
+    probe = probe_set(1, (32, 32), T, seed=3)[0]
+    assert score_colour(probe.frames, probe) == (1.0, 0.0)
+    wrong = next(c for c in LANDMARK_COLOURS if c != probe.colour)
+    painted = probe.frames.clone()
+    mask = probe.visible[:, None].expand_as(painted)
+    painted[mask] = torch.tensor(OBJECT_COLOURS[wrong], dtype=torch.uint8)[:, None, None].expand_as(
+        painted
+    )[mask]
+    correct, error = score_colour(painted, probe)
+    assert correct == 0.0 and error > 0.2
+    unscored = probe.frames.clone()
+    unscored[: probe.return_start] = 0  # only the return frames count
+    assert score_colour(unscored, probe) == (1.0, 0.0)
+
+
+def test_shut_memory_cannot_know_the_landmark_and_open_memory_can() -> None:
+    """Two probes that differ only by the landmark, continued through the (true) gap: with the
+    read-in gates shut, or without SemanticPack, the generated return is identical, because
+    FramePack's history no longer holds the landmark; with the gates open, psi carries it."""
+    probe = render_probe_video(5, (32, 32), T)
+    blank = render_probe_video(5, (32, 32), T, landmark=False)
+    through_gap = probe.return_start  # frames: prefix + gap
+
+    def returns(model: VideoModule, video: torch.Tensor, shut: bool) -> torch.Tensor:
+        x = video[None].float() / 127.5 - 1
+        gen = torch.Generator().manual_seed(0)
+        with memory_read_shut(model) if shut else torch.no_grad():
+            out = model.generate(x[:, 0], [probe.caption], 10, gen, frames_per_segment=T,
+                                 prefix=x[:, :through_gap])  # fmt: skip
+        return out[0, through_gap:]
+
+    module = probe_module(memory=True)
+    gates = [b.attn.memory_gate.clone() for b in module.dit.blocks]
+    assert not torch.equal(
+        returns(module, probe.frames, False), returns(module, blank.frames, False)
+    )
+    assert torch.equal(returns(module, probe.frames, True), returns(module, blank.frames, True))
+    assert all(
+        torch.equal(g, b.attn.memory_gate) for g, b in zip(gates, module.dit.blocks, strict=True)
+    )
+    f1 = probe_module(memory=False)
+    assert torch.equal(returns(f1, probe.frames, False), returns(f1, blank.frames, False))
+    # The probe's scores with the true gap: the same cut, so both pass the same checks.
+    rows = probe_video_scores(module, [probe], prefix_segments=8)
+    assert set(rows[0]) >= {"memory", "memory_gates_shut"}
+    with pytest.raises(ValueError, match="prefix_segments=9 must cover"):
+        probe_video_scores(module, [probe], prefix_segments=9)
+
+
+def test_memory_probe_reports_chance_oracle_and_gates_shut() -> None:
+    probes = probe_set(3, (32, 32), T, seed=1)
+    scores = memory_probe(probe_module(memory=True), probes, batch_size=2)
+    assert scores["videos"] == 3.0 and scores["chance"] == 1 / 8
+    assert scores["oracle"] == 1.0 and scores["oracle_codec"] == 1.0  # lossless codec
+    assert scores["colour_error_oracle"] == 0.0 and scores["colour_error_chance"] > 0.3
+    assert 0.0 <= scores["memory"] <= 1.0 and 0.0 <= scores["memory_gates_shut"] <= 1.0
+    rows = probe_video_scores(probe_module(memory=False), probes[:1])
+    assert rows[0]["memory_gates_shut"] != rows[0]["memory_gates_shut"]  # NaN: no gates
+
+
+def test_training_set_mixes_in_probe_videos(tmp_path: Path) -> None:
+    root = generate_dataset(tmp_path / "d", num_train=1, num_val=1, min_segments=1,
+                            max_segments=2, segment_frames=T, fps=8.0, size=(32, 32), seed=0,
+                            probe_train=2)  # fmt: skip
+    lines = [json.loads(x) for x in (root / "metadata.jsonl").read_text().splitlines()]
+    probes = [x for x in lines if "probe" in x["path"]]
+    assert len(lines) == 4 and len(probes) == 2 and all(x["split"] == "train" for x in probes)
+    assert all("shutter" in x["caption"] for x in probes)
+    held_out = {p.caption for p in probe_set(8, (32, 32), T)}
+    assert not held_out & {x["caption"] for x in probes}  # odd vs even seeds
+    plain = generate_dataset(tmp_path / "p", 1, 1, 1, 2, T, 8.0, (32, 32), 0)
+    assert "probe_train" not in json.loads((plain / ".synthetic.json").read_text())
+
+
+class _TestOnlyModule(VideoModule):
+    def test_step(self, batch: Any, batch_idx: int) -> None:  # the loop only drives the callback
+        pass
+
+
+class _ProbeData(L.LightningDataModule):
+    resolution, segment_frames, fps = (32, 32), T, 8.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        video = render_probe_video(2, (32, 32), T).frames.float() / 127.5 - 1
+        self.val_set = [{"image": video[0], "caption": "c", "video": video.unflatten(0, (-1, T))}]
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(TensorDataset(torch.ones(1, 1)), batch_size=1)
+
+
+def test_eval_callback_logs_the_probe(tmp_path: Path) -> None:
+    """RolloutEvalCallback(probe_videos=2) logs eval/probe/... next to the Tab. 1 metrics and
+    keeps them, with the per-segment curves, in `results` / `curves` for the study."""
+    callback = RolloutEvalCallback(
+        lengths={"short": 2}, num_videos=1, probe_videos=2, output_dir=str(tmp_path),
+        backends={"subject": "pixel", "imaging": "unavailable", "flow": "unavailable",
+                  "interpolation": "unavailable"},
+    )  # fmt: skip
+    base = probe_module(memory=True)
+    module = _TestOnlyModule(base.dit, base.codec, base.text_encoder, base.semantic_pack,
+                             sample_steps=2)  # fmt: skip
+    trainer = L.Trainer(accelerator="cpu", logger=False, callbacks=[callback],
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.test(module, datamodule=_ProbeData())
+    metrics = trainer.callback_metrics
+    assert float(metrics["eval/probe/chance"]) == 1 / 8
+    assert float(metrics["eval/probe/oracle"]) == 1.0
+    assert "eval/probe/memory_gates_shut" in metrics
+    assert callback.results["probe"]["memory"] == float(metrics["eval/probe/memory"])
+    assert "subject_consistency@pixel" in callback.results["short"]
+    assert "short/ground_truth" in callback.results
+    assert len(callback.curves["short"]["subject_consistency@pixel"]) == 2  # per segment
