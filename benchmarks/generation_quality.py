@@ -14,7 +14,6 @@ which is fitted data; for a stage-2 checkpoint that is the stage-1 model it star
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import warnings
@@ -25,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
 
-import lightning_modules.direct_forcing  # noqa: E402,F401  (checkpoints may name either module)
 from datamodules.video_datamodule import VideoDataModule  # noqa: E402
 from eval.generation_quality import generation_quality  # noqa: E402
+from lightning_modules.load_checkpoint import load_module  # noqa: E402
 from lightning_modules.video_module import VideoModule  # noqa: E402
 
 ROWS = ("reference_psnr", "reference_ssim", "next_segment_psnr", "next_segment_ssim")
@@ -41,12 +40,9 @@ def load_model(checkpoint: dict[str, Any], trained: bool) -> VideoModule:
         codec = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("codec.")}
         checkpoint = {**checkpoint, "state_dict": codec}
         torch.manual_seed(0)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    buffer.seek(0)
     with warnings.catch_warnings():  # the untrained model's missing keys are the point
         warnings.filterwarnings("ignore", message="Found keys that are in the model state dict")
-        return VideoModule.load_from_checkpoint(buffer, map_location="cpu", strict=trained)
+        return load_module(checkpoint, strict=trained)
 
 
 def held_out(checkpoint: dict[str, Any], count: int, data_dir: str | None) -> tuple[list, int]:

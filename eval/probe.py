@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import math
 from collections.abc import Iterator, Sequence
@@ -214,14 +213,10 @@ def memory_probe(
 
 
 def _load(path: str) -> tuple[Any, dict[str, Any]]:
-    import lightning_modules.direct_forcing  # noqa: F401  (checkpoints may name either module)
-    from lightning_modules.video_module import VideoModule
+    from lightning_modules.load_checkpoint import load_module  # stage 1 or stage 2
 
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    buffer.seek(0)
-    model = VideoModule.load_from_checkpoint(buffer, map_location="cpu")
+    model = load_module(checkpoint)
     data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     return model, data
 

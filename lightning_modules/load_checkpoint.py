@@ -1,0 +1,41 @@
+"""Loading a `train.py` checkpoint of either stage as the module class that wrote it.
+
+Offline tools (`benchmarks/generation_quality.py`, `python -m eval.probe`) take a checkpoint of stage
+1 (`VideoModule`) or stage 2 (`DirectForcingModule`). `VideoModule.load_from_checkpoint` cannot
+read a stage-2 checkpoint: its hyperparameters name no `dit` (stage 2 rebuilds its architecture
+from `init_checkpoint`, see `stage1_checkpoint.py`), so the class must be the one LightningCLI
+recorded (`_class_path`). A stage-2 checkpoint thus needs its `init_checkpoint` file, as a resumed
+stage-2 run does.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+
+from lightning_modules.direct_forcing import DirectForcingModule
+from lightning_modules.video_module import VideoModule
+
+CLASSES: dict[str, type[VideoModule]] = {
+    f"{cls.__module__}.{cls.__qualname__}": cls for cls in (VideoModule, DirectForcingModule)
+}
+
+
+def module_class(checkpoint: dict[str, Any]) -> type[VideoModule]:
+    """The class that wrote `checkpoint`: LightningCLI's `_class_path`, else VideoModule."""
+    path = (checkpoint.get("hyper_parameters") or {}).get("_class_path")
+    if path is None:
+        return VideoModule
+    if path not in CLASSES:
+        raise ValueError(f"checkpoint module {path!r} is none of {sorted(CLASSES)}")
+    return CLASSES[path]
+
+
+def load_module(checkpoint: dict[str, Any], strict: bool = True) -> VideoModule:
+    """`checkpoint` (a loaded dict) as its own module class, on CPU."""
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    buffer.seek(0)
+    return module_class(checkpoint).load_from_checkpoint(buffer, map_location="cpu", strict=strict)
