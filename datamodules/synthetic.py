@@ -212,6 +212,17 @@ def _is_complete(root: Path, args: dict[str, object], expected: int) -> bool:
     return len(paths) == expected and all((root / p).is_file() for p in paths)
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock (flock) on `path`, held for the `with` block."""
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def generate_dataset(
     root: str | Path,
     num_train: int,
@@ -266,76 +277,47 @@ def generate_dataset(
     # once: the first holds the lock while it renders, the others then find it complete.
     root.mkdir(parents=True, exist_ok=True)
     with _exclusive(root / LOCK_FILE):
-        _generate(root, args, num_train, num_val, min_segments, max_segments, segment_frames,
-                  fps, size, seed, probe_train)  # fmt: skip
-    return root
+        metadata = root / METADATA_FILE
+        if _is_complete(root, args, num_train + num_val + probe_train):
+            log.info("reusing synthetic dataset in %s", root)
+            return root
+        if metadata.exists() and not (root / ARGS_FILE).exists():
+            raise FileExistsError(
+                f"{metadata} exists but was not written by the synthetic generator; "
+                f"refusing to overwrite it (use source='folder' or another data_dir)"
+            )
+        log.info("generating synthetic dataset in %s (%d train, %d val)", root, num_train, num_val)
+        # Remove the metadata first: if this run is interrupted the directory reads as incomplete.
+        metadata.unlink(missing_ok=True)
+        videos = root / "videos"
+        videos.mkdir(parents=True, exist_ok=True)
+        for stale in videos.glob("*.mp4"):
+            if stale.name.startswith(("train_", "val_")):
+                stale.unlink()
+        (root / ARGS_FILE).write_text(json.dumps(args, indent=2) + "\n")
 
+        lines = []
+        splits = ["train"] * num_train + ["val"] * num_val
+        for index, split in enumerate(splits):
+            rng = np.random.default_rng([seed, index])
+            num_segments = int(rng.integers(min_segments, max_segments + 1))
+            remainder = int(rng.integers(0, segment_frames))
+            frames, caption = render_video(
+                int(rng.integers(2**31)), num_segments * segment_frames + remainder, size
+            )
+            relative = f"videos/{split}_{index:05d}.mp4"
+            write_video(root / relative, frames, fps)
+            lines.append(json.dumps({"path": relative, "caption": caption, "split": split}))
+        from datamodules.probe import render_probe_video  # here: probe.py imports this module
 
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock (flock) on `path`, held for the `with` block."""
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        for index in range(probe_train):
+            rng = np.random.default_rng([seed, 7, index])
+            probe = render_probe_video(2 * int(rng.integers(2**30)), size, segment_frames)  # even
+            relative = f"videos/train_probe_{index:05d}.mp4"
+            write_video(root / relative, probe.frames, fps)
+            lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train"}))
 
-
-def _generate(
-    root: Path,
-    args: dict[str, object],
-    num_train: int,
-    num_val: int,
-    min_segments: int,
-    max_segments: int,
-    segment_frames: int,
-    fps: float,
-    size: tuple[int, int],
-    seed: int,
-    probe_train: int,
-) -> None:
-    """generate_dataset's work, under its lock: reuse a complete dataset or render it."""
-    metadata = root / METADATA_FILE
-    if _is_complete(root, args, num_train + num_val + probe_train):
-        log.info("reusing synthetic dataset in %s", root)
-        return
-    if metadata.exists() and not (root / ARGS_FILE).exists():
-        raise FileExistsError(
-            f"{metadata} exists but was not written by the synthetic generator; "
-            f"refusing to overwrite it (use source='folder' or another data_dir)"
-        )
-    log.info("generating synthetic dataset in %s (%d train, %d val)", root, num_train, num_val)
-    # Remove the metadata first: if this run is interrupted the directory reads as incomplete.
-    metadata.unlink(missing_ok=True)
-    videos = root / "videos"
-    videos.mkdir(parents=True, exist_ok=True)
-    for stale in videos.glob("*.mp4"):
-        if stale.name.startswith(("train_", "val_")):
-            stale.unlink()
-    (root / ARGS_FILE).write_text(json.dumps(args, indent=2) + "\n")
-
-    lines = []
-    splits = ["train"] * num_train + ["val"] * num_val
-    for index, split in enumerate(splits):
-        rng = np.random.default_rng([seed, index])
-        num_segments = int(rng.integers(min_segments, max_segments + 1))
-        remainder = int(rng.integers(0, segment_frames))
-        frames, caption = render_video(
-            int(rng.integers(2**31)), num_segments * segment_frames + remainder, size
-        )
-        relative = f"videos/{split}_{index:05d}.mp4"
-        write_video(root / relative, frames, fps)
-        lines.append(json.dumps({"path": relative, "caption": caption, "split": split}))
-    from datamodules.probe import render_probe_video  # here: probe.py imports this module
-
-    for index in range(probe_train):
-        rng = np.random.default_rng([seed, 7, index])
-        probe = render_probe_video(2 * int(rng.integers(2**30)), size, segment_frames)  # even
-        relative = f"videos/train_probe_{index:05d}.mp4"
-        write_video(root / relative, probe.frames, fps)
-        lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train"}))
-
-    tmp = metadata.with_name(metadata.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, metadata)  # atomic on POSIX: readers see no metadata or the full file
+        tmp = metadata.with_name(metadata.name + ".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, metadata)  # atomic on POSIX: readers see no metadata or the full file
+        return root
