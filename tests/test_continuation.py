@@ -1,21 +1,13 @@
 """Video continuation: `generate(prefix=...)` conditions on a real video's first segments exactly as
 teacher forcing does (FramePack history at true positions, SemanticPack's recurrence)."""
 
-from typing import Any
-
 import pytest
 import torch
 from test_semantic_pack import perturb, tiny_module, tiny_pack
 
 from lightning_modules.frame_pack import gather_history
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def spy_on_dit(module: torch.nn.Module) -> list[dict[str, torch.Tensor]]:

@@ -23,12 +23,7 @@ from lightning_modules.video_module import VideoModule
 SEGMENTS, FRAMES = 2, 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def parts() -> dict[str, Any]:

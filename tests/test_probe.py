@@ -25,12 +25,7 @@ T = 4  # frames per segment
 F1_HISTORY = 19  # FramePack-F1's (1, 2, 16) packing at temporal factor 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def probe_module(memory: bool) -> VideoModule:

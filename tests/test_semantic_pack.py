@@ -17,13 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 M = 4  # memory tokens
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """Tiny tensors: intra-op threads only add contention on a shared CPU (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def tiny_pack(**kwargs: Any) -> SemanticPack:
