@@ -96,7 +96,7 @@ class PatchPCACodec(LatentCodec):
     The demo's stage 0. A video decoded from mp4 is highly redundant at the patch level (4:2:0
     chroma alone halves the dimension of an RGB patch), so the top `components` principal
     directions of the 3 p^2 patch vectors keep almost everything: on the synthetic videos, 16 of
-    48 dimensions of a 4 x 4 patch reconstruct at ~34 dB. A 4x smaller latent grid means 16x
+    48 dimensions of a 4 x 4 patch reconstruct at 35 dB. A 4x smaller latent grid means 16x
     fewer DiT tokens per frame than pixels and 4x fewer than the 2x2 space-to-depth latent, and
     a latent whose channels are ordered by energy, as a VAE's roughly are.
 
