@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from lightning_modules.rope import Rope3D, grid_positions
+from lightning_modules.networks.rope import Rope3D, grid_positions
 
 PATCH_1X = (1, 2, 2)
 PATCH_2X = (2, 4, 4)
