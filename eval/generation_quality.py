@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from datamodules.video_io import to_uint8
+from lightning_modules.codecs import to_uint8
 
 __all__ = ["generation_quality", "psnr", "ssim"]
 
