@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from datamodules.video_datamodule import VideoDataModule  # noqa: E402
 from eval.generation_quality import generation_quality  # noqa: E402
-from lightning_modules.load_checkpoint import load_module  # noqa: E402
+from lightning_modules.loading import load_module, read_checkpoint  # noqa: E402
 from lightning_modules.video_module import VideoModule  # noqa: E402
 
 ROWS = ("reference_psnr", "reference_ssim", "next_segment_psnr", "next_segment_ssim")
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--no_floor", action="store_true", help="skip the untrained model")
     args = parser.parse_args(argv)
 
-    checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(args.ckpt)
     examples, frames = held_out(checkpoint, args.num_videos, args.data_dir)
     results: dict[str, Any] = {}
     for name in ("trained", "untrained")[: 1 if args.no_floor else 2]:
