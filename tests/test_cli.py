@@ -17,6 +17,8 @@ from datamodules.video_io import read_video
 from eval.probe import main as probe_main
 from train import main
 
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from datamodules.video_io import to_uint8
 from eval.generation_quality import _next_segments, generation_quality, psnr
+from lightning_modules.codecs import to_uint8
 
 
 class StubModel(torch.nn.Module):

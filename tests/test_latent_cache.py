@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from datamodules.video_datamodule import VideoDataModule
-from lightning_modules.codec import SpaceToDepthCodec
-from lightning_modules.dit import VideoDiT
+from lightning_modules.codecs import SpaceToDepthCodec
+from lightning_modules.networks.dit import VideoDiT
 from lightning_modules.video_module import VideoModule
 
 
@@ -66,6 +66,8 @@ def test_cached_batches_equal_on_the_fly_encoding(tmp_path: Path) -> None:
         assert a["name"] == b["name"]  # same shuffle order
         out_a = model.teacher_forcing_batch(a, torch.Generator().manual_seed(0))
         out_b = model.teacher_forcing_batch(b, torch.Generator().manual_seed(0))
+        out_a += (model.batch_image_latent(a),)
+        out_b += (model.batch_image_latent(b),)
         for x, y in zip(out_a, out_b, strict=True):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 
