@@ -125,26 +125,27 @@ class MemoryPack:
         get zeros in the history and keep their psi."""
         if rows is None:
             history = torch.cat((self.history, segment), dim=1)
-            self.psi = self._update(self.psi, segment, index)
-            self.null_psi = self._update(self.null_psi, segment, index)
         else:
             stored = self.history.new_zeros(self.history.shape[0], *segment.shape[1:])
             stored[rows] = segment
             history = torch.cat((self.history, stored), dim=1)
-            if self.psi is not None:
-                psi = self.psi.clone()
-                psi[rows] = self._update(self.psi[rows], segment, index)
-                self.psi = psi
+        self.psi = self._update(self.psi, segment, index, rows)
+        self.null_psi = self._update(self.null_psi, segment, index, rows)
         bounded = self.mode == ContextMode.FRAMEPACK
         self.history = history[:, -self.window :] if bounded else history
         if self.decoded is not None:
             self.decoded = torch.cat((self.decoded, segment), dim=1)[:, -self.decode_context :]
 
-    def _update(self, psi: Tensor | None, segment: Tensor, index: int) -> Tensor | None:
-        """Eq. 1: psi_{n+1} = Squeeze(psi_n, Memorize(x^n)); n = `index` (structure C's first)."""
+    def _update(self, psi: Tensor | None, segment: Tensor, index: int, rows: Rows) -> Tensor | None:
+        """Eq. 1: psi_{n+1} = Squeeze(psi_n, Memorize(x^n)) for the videos `rows`; n = `index`
+        (structure C's first update differs)."""
         if self.semantic_pack is None or psi is None:
             return psi
-        return self.semantic_pack(psi, segment, step=index)
+        if rows is None:
+            return self.semantic_pack(psi, segment, step=index)
+        updated = psi.clone()
+        updated[rows] = self.semantic_pack(psi[rows], segment, step=index)
+        return updated
 
     # ----------------------------------------------------------------- teacher forcing
     @staticmethod

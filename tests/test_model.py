@@ -3,7 +3,6 @@ import torch
 
 from lightning_modules.codecs import SpaceToDepthCodec, to_uint8
 from lightning_modules.memory_pack import MemoryPack
-from lightning_modules.networks.dit import VideoDiT
 from lightning_modules.networks.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule
 from tests.helpers import tiny as helpers
@@ -35,9 +34,7 @@ def test_text_encoder_is_deterministic_and_pads() -> None:
 
 def test_mismatched_parts_raise_clear_error() -> None:
     with pytest.raises(ValueError, match="latent_channels=48"):
-        VideoModule(
-            VideoDiT(latent_channels=48, text_dim=16), SpaceToDepthCodec(2), HashTextEncoder(16)
-        )
+        helpers.tiny_module(dit=tiny_dit(latent_channels=48))
 
 
 def test_teacher_forcing_picks_valid_segments_with_true_history() -> None:

@@ -38,7 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.networks.attention import attend, read_memory
 from lightning_modules.networks.backbone import Backbone
-from lightning_modules.networks.frame_pack import PATCH_2X, PATCH_4X
+from lightning_modules.networks.frame_pack import check_frame_pack
 from lightning_modules.networks.rope import RopeLayout, frame_indices
 from lightning_modules.pretrained.folders import (
     DIFFUSERS_MODEL,
@@ -173,12 +173,7 @@ class FramePackBackbone(Backbone):
         dtype: DType = "float32",
     ) -> None:
         super().__init__()
-        n1, n2, n4 = frame_pack
-        if min(frame_pack) < 0 or n2 % PATCH_2X[0] or n4 % PATCH_4X[0]:
-            raise ValueError(
-                f"frame_pack (1x, 2x, 4x) = {tuple(frame_pack)} must be >= 0 with the 2x count a "
-                f"multiple of {PATCH_2X[0]} and the 4x count a multiple of {PATCH_4X[0]}"
-            )
+        n1, n2, n4 = check_frame_pack(frame_pack)
         if rope_layout not in ("absolute", "relative"):
             raise ValueError(f"unknown rope layout {rope_layout!r}; expected absolute or relative")
         arch = {
