@@ -34,7 +34,7 @@ def check_frame_pack(counts: tuple[int, int, int]) -> tuple[int, int, int]:
     n1, n2, n4 = counts
     if min(counts) < 0 or n2 % PATCH_2X[0] or n4 % PATCH_4X[0]:
         raise ValueError(
-            f"frame_pack (1x, 2x, 4x) = {tuple(counts)} must be >= 0 with the 2x count a "
+            f"frame_pack counts (1x, 2x, 4x) = {tuple(counts)} must be >= 0 with the 2x count a "
             f"multiple of {PATCH_2X[0]} and the 4x count a multiple of {PATCH_4X[0]}"
         )
     return n1, n2, n4
