@@ -282,7 +282,10 @@ class VideoModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
         params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
+        # fused: one kernel per parameter instead of a dozen (issue 24: 4x faster on CPU).
+        opt = torch.optim.AdamW(
+            params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay, fused=True
+        )
         warmup = max(1, hp.warmup_steps)
         schedule = hp.get("lr_schedule", "constant")
         if schedule not in ("constant", "cosine"):
