@@ -28,6 +28,8 @@ from torch.utils.checkpoint import checkpoint
 from lightning_modules.networks.attention import attend, read_memory
 from lightning_modules.networks.backbone import Backbone, ContextMode
 from lightning_modules.networks.frame_pack import PATCH_1X, FramePackContext
+from lightning_modules.networks.gelu import GELUTanh
+from lightning_modules.networks.patch_embed import patch_embed
 from lightning_modules.networks.rope import (
     Rope3D,
     RopeLayout,
@@ -116,9 +118,7 @@ class DiTBlock(nn.Module):
         self.attn = Attention(width, heads, qk_norm)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
-        )
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         nn.init.zeros_(self.modulation[1].weight)  # adaLN-Zero: every block starts as identity
         nn.init.zeros_(self.modulation[1].bias)
@@ -259,7 +259,8 @@ class VideoDiT(Backbone):
         else:
             ctx_tok, ctx_rot = img_tok[:, :0], img_rot[:, :0]
         x_tok = rearrange(
-            self.x_embed(rearrange(noisy, "b f c h w -> b c f h w")), "b d f h w -> b (f h w) d"
+            patch_embed(self.x_embed, rearrange(noisy, "b f c h w -> b c f h w")),
+            "b f h w d -> b (f h w) d",
         )
         x_pos = rearrange(
             grid_positions(noisy_t, h // 2, w // 2), "b three f h w -> b (f h w) three"

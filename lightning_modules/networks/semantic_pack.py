@@ -24,6 +24,8 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from lightning_modules.networks.attention import attend
+from lightning_modules.networks.gelu import GELUTanh
+from lightning_modules.networks.patch_embed import patch_embed
 from lightning_modules.networks.rope import Rope3D, apply_rope, grid_positions
 
 Structure = Literal["A", "B", "C"]
@@ -62,9 +64,7 @@ def learned_tokens(n: int, width: int) -> nn.Parameter:
 
 def mlp(width: int, ratio: float) -> nn.Sequential:
     hidden = int(width * ratio)
-    return nn.Sequential(
-        nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
-    )
+    return nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
 
 
 class AttentionPool(nn.Module):
@@ -134,7 +134,7 @@ class Memorize(nn.Module):
         pad = (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph, 0, -x.shape[-3] % pt)
         if any(pad):
             x = F.pad(x, pad, mode="replicate")
-        return rearrange(self.embed(x), "b d f h w -> b f h w d")
+        return patch_embed(self.embed, x)
 
     def forward(self, segment: Tensor) -> Tensor:
         b, f = segment.shape[:2]
