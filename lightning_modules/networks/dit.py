@@ -41,7 +41,13 @@ from lightning_modules.networks.rope import (
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x (1 + scale) + shift per sample, in one kernel (shift, scale [b, d]; x [b, n, d])."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+def gated(x: Tensor, gate: Tensor, update: Tensor) -> Tensor:
+    """The adaLN-Zero residual x + gate * update (gate [b, d]), in one kernel."""
+    return torch.addcmul(x, gate[:, None], update)
 
 
 class TimestepEmbedder(nn.Module):
@@ -93,8 +99,10 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(
-        self, x: Tensor, rotation: Tensor, memory: Tensor | None = None
+        self, x: Tensor, rotation: Tensor, memory: Tensor | None = None, memory_out: bool = True
     ) -> tuple[Tensor, Tensor | None]:
+        """(tokens' output, memory tokens' output); the latter None without memory or when
+        `memory_out` is False (the tokens still read psi)."""
         q, k, v = self.heads_of(x)
         q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         out = attend(q, k, v)
@@ -104,8 +112,10 @@ class Attention(nn.Module):
             raise ValueError("memory tokens were given but this DiT has no memory gates")
         qm, km, vm = self.heads_of(memory)  # psi is not rotated: it has no place in space-time
         out = read_memory(out, q, km, vm, self.memory_gate)
-        mem = attend(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
         merge = "b h n d -> b n (h d)"
+        if not memory_out:
+            return self.proj(rearrange(out, merge)), None
+        mem = attend(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
         return self.proj(rearrange(out, merge)), self.proj(rearrange(mem, merge))
 
 
@@ -124,17 +134,26 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(
-        self, x: Tensor, c: Tensor, rotation: Tensor, memory: Tensor | None = None
+        self,
+        x: Tensor,
+        c: Tensor,
+        rotation: Tensor,
+        memory: Tensor | None = None,
+        memory_out: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
+        """Updated (tokens, psi). `memory_out=False` (the last block: the head reads only the
+        tokens) skips psi's own update, returning None for it; the tokens still read psi."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
         norm1 = lambda y: modulate(self.norm1(y), shift1, scale1)  # noqa: E731
         norm2 = lambda y: modulate(self.norm2(y), shift2, scale2)  # noqa: E731
-        attn, mem_attn = self.attn(norm1(x), rotation, None if memory is None else norm1(memory))
-        x = x + gate1[:, None] * attn
-        x = x + gate2[:, None] * self.mlp(norm2(x))
-        if memory is not None:  # psi's own stream through the same block weights
-            memory = memory + gate1[:, None] * mem_attn
-            memory = memory + gate2[:, None] * self.mlp(norm2(memory))
+        memory_in = None if memory is None else norm1(memory)
+        attn, mem_attn = self.attn(norm1(x), rotation, memory_in, memory_out)
+        x = gated(x, gate1, attn)
+        x = gated(x, gate2, self.mlp(norm2(x)))
+        if mem_attn is None:
+            return x, None
+        memory = gated(memory, gate1, mem_attn)  # psi's own stream through the same weights
+        memory = gated(memory, gate2, self.mlp(norm2(memory)))
         return x, memory
 
 
@@ -278,11 +297,14 @@ class VideoDiT(Backbone):
         pooled = (txt_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
         c = self.t_embed(t) + self.text_pool(pooled)
 
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            memory_out = i < len(self.blocks) - 1  # nothing reads psi after the last block
             if self.grad_checkpointing and self.training:
-                tokens, memory = checkpoint(block, tokens, c, rotation, memory, use_reentrant=False)
+                tokens, memory = checkpoint(
+                    block, tokens, c, rotation, memory, memory_out, use_reentrant=False
+                )
             else:
-                tokens, memory = block(tokens, c, rotation, memory)
+                tokens, memory = block(tokens, c, rotation, memory, memory_out)
 
         out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
         kt, kh, kw = PATCH_1X

@@ -1,0 +1,88 @@
+"""The faster computations of issue 24 compute what they replace: patchify convolutions as a
+matmul, tanh-GELU through a sigmoid, RoPE as a complex product, the last block's skipped psi
+update, the fused optimizer. Equal up to float rounding (tolerances far below a training step's
+effect), and the module structure (state-dict keys) unchanged."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from lightning_modules.networks.frame_pack import PATCH_1X, PATCH_2X, PATCH_4X
+from lightning_modules.networks.gelu import GELUTanh, gelu_tanh
+from lightning_modules.networks.patch_embed import patch_embed
+from lightning_modules.networks.rope import Rope3D, apply_rope
+from tests.helpers.tiny import perturb, tiny_dit, tiny_module, tiny_pack
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
+
+@pytest.mark.parametrize("kernel", [PATCH_1X, PATCH_2X, PATCH_4X, (2, 2, 2)])
+def test_patch_embed_is_the_convolution(kernel: tuple[int, int, int]) -> None:
+    torch.manual_seed(0)
+    conv = nn.Conv3d(12, 32, kernel, stride=kernel)
+    x = torch.randn(2, 12, 8, 16, 8, requires_grad=True)
+    want = rearrange(conv(x), "b d f h w -> b f h w d")
+    got = patch_embed(conv, x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    grads = torch.autograd.grad(got.square().sum(), (x, conv.weight, conv.bias))
+    wanted = torch.autograd.grad(want.square().sum(), (x, conv.weight, conv.bias))
+    for g, w in zip(grads, wanted, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_embed_refuses_what_is_not_a_patchify() -> None:
+    with pytest.raises(ValueError, match="stride = kernel"):
+        patch_embed(nn.Conv3d(4, 8, 3, padding=1), torch.randn(1, 4, 4, 4, 4))
+    with pytest.raises(ValueError, match="not a multiple of the patch"):
+        patch_embed(nn.Conv3d(4, 8, PATCH_2X, stride=PATCH_2X), torch.randn(1, 4, 3, 8, 8))
+
+
+def test_gelu_through_a_sigmoid_is_tanh_gelu() -> None:
+    x = (torch.randn(4, 64, 96) * 4).requires_grad_()
+    grad = torch.randn_like(x)
+    want = F.gelu(x, approximate="tanh")
+    got = gelu_tanh(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    (g_want,) = torch.autograd.grad(want, x, grad)
+    (g_got,) = torch.autograd.grad(got, x, grad)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=2e-5)
+    assert isinstance(tiny_dit().blocks[0].mlp[1], GELUTanh)
+    assert not any(True for _ in GELUTanh().parameters())  # state dicts keep their keys
+
+
+def reference_rope(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """The element-wise form: pair (x1, x2) -> (x1 cos - x2 sin, x1 sin + x2 cos)."""
+    cos, sin = rotation[..., 0][:, None], rotation[..., 1][:, None]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+def test_rope_as_a_complex_product_is_the_rotation() -> None:
+    torch.manual_seed(0)
+    rope = Rope3D(head_dim=16)
+    table = rope(torch.randn(2, 5, 3) * 4)
+    table[:, 0] *= 0.5  # a pooled FramePack table (mean of rotations) is not unit-norm
+    qkv = torch.randn(2, 5, 3 * 2 * 16)  # q as the DiT takes it: a strided view of qkv
+    q = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=2)[0]
+    torch.testing.assert_close(apply_rope(q, table), reference_rope(q, table))
+    assert apply_rope(q.to(torch.bfloat16), table).dtype == torch.bfloat16
+
+
+def test_last_block_skips_only_the_unread_psi_update() -> None:
+    torch.manual_seed(0)
+    module = tiny_module(tiny_pack())
+    perturb(module)
+    block = module.dit.blocks[-1]
+    x, c, mem = torch.randn(2, 10, 32), torch.randn(2, 32), torch.randn(2, 4, 32)
+    rotation = module.dit.rope(torch.randn(2, 10, 3))
+    full_x, full_mem = block(x, c, rotation, mem)
+    last_x, last_mem = block(x, c, rotation, mem, memory_out=False)
+    assert full_mem is not None and last_mem is None
+    assert torch.equal(last_x, full_x)
+
+
+def test_training_uses_fused_adamw() -> None:
+    opt = tiny_module().configure_optimizers()["optimizer"]
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["fused"]
