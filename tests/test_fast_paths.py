@@ -75,12 +75,14 @@ def test_last_block_skips_only_the_unread_psi_update() -> None:
     module = tiny_module(tiny_pack())
     perturb(module)
     block = module.dit.blocks[-1]
-    x, c, mem = torch.randn(2, 10, 32), torch.randn(2, 32), torch.randn(2, 4, 32)
-    rotation = module.dit.rope(torch.randn(2, 10, 3))
-    full_x, full_mem = block(x, c, rotation, mem)
-    last_x, last_mem = block(x, c, rotation, mem, memory_out=False)
-    assert full_mem is not None and last_mem is None
-    assert torch.equal(last_x, full_x)
+    x, c = torch.randn(2, 10 + 4, 32), torch.randn(2, 32)  # 10 tokens, then psi's 4
+    rotation = torch.cat(
+        (module.dit.rope(torch.randn(2, 10, 3)), module.dit.rope(torch.zeros(2, 4, 3))), 1
+    )
+    full = block(x, c, rotation, memory=4)
+    last = block(x, c, rotation, memory=4, memory_out=False)
+    assert full.shape == (2, 14, 32) and last.shape == (2, 10, 32)
+    assert torch.equal(last, full[:, :10])
 
 
 def test_training_uses_fused_adamw() -> None:

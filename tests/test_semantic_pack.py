@@ -156,12 +156,12 @@ def test_structures_carry_the_paper_token_counts(structure: str) -> None:
 
 
 def record_sequence_lengths(module: VideoModule) -> list[int]:
-    """Tokens per DiT call (joint sequence + memory stream), recorded at the first block."""
+    """Tokens per DiT call (joint sequence + psi's stream, which rides in the same tensor),
+    recorded at the first block."""
     lengths: list[int] = []
 
     def hook(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        x, memory = args[0], args[3] if len(args) > 3 else kwargs.get("memory")
-        lengths.append(x.shape[1] + (0 if memory is None else memory.shape[1]))
+        lengths.append(args[0].shape[1])
 
     module.dit.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
     return lengths

@@ -81,6 +81,9 @@ class Attention(nn.Module):
     At g = 0 this is bit-identical to the F1 output, yet dL/dg = <dL/dout, read> is non-zero, so
     the gate opens during training. The extra cost is one n x m attention (m << n). Memory tokens
     themselves attend to the whole joint sequence (their own stream, as extra tokens would).
+    psi's m tokens ride at the end of the same tensor as extra rows of every per-token op (one
+    linear, norm, MLP over n + m rows instead of a second, tiny stream: issue 24); the tokens'
+    rows come out as without psi (per-row GEMMs: tests/test_semantic_pack.py checks bit-equality).
     """
 
     def __init__(self, width: int, heads: int, qk_norm: bool = True) -> None:
@@ -99,24 +102,25 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(
-        self, x: Tensor, rotation: Tensor, memory: Tensor | None = None, memory_out: bool = True
-    ) -> tuple[Tensor, Tensor | None]:
-        """(tokens' output, memory tokens' output); the latter None without memory or when
-        `memory_out` is False (the tokens still read psi)."""
+        self, x: Tensor, rotation: Tensor, memory: int = 0, memory_out: bool = True
+    ) -> Tensor:
+        """x [b, n + memory, d]: n tokens, then `memory` psi tokens (their rotation rows are the
+        identity). Returns [b, n + memory, d], or [b, n, d] when `memory_out` is False (the last
+        block: nothing reads psi after it, but the tokens still read psi)."""
         q, k, v = self.heads_of(x)
         q, k = apply_rope(q, rotation), apply_rope(k, rotation)
-        out = attend(q, k, v)
-        if memory is None:
-            return self.proj(rearrange(out, "b h n d -> b n (h d)")), None
+        n = x.shape[1] - memory
+        out = attend(q[:, :, :n], k[:, :, :n], v[:, :, :n])
+        merge = "b h n d -> b n (h d)"
+        if not memory:
+            return self.proj(rearrange(out, merge))
         if self.memory_gate is None:
             raise ValueError("memory tokens were given but this DiT has no memory gates")
-        qm, km, vm = self.heads_of(memory)  # psi is not rotated: it has no place in space-time
-        out = read_memory(out, q, km, vm, self.memory_gate)
-        merge = "b h n d -> b n (h d)"
-        if not memory_out:
-            return self.proj(rearrange(out, merge)), None
-        mem = attend(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
-        return self.proj(rearrange(out, merge)), self.proj(rearrange(mem, merge))
+        q_tok, k_psi, v_psi = q[:, :, :n], k[:, :, n:], v[:, :, n:]
+        out = rearrange(read_memory(out, q_tok, k_psi, v_psi, self.memory_gate), merge)
+        if memory_out:  # psi's own queries attend to the whole joint sequence
+            out = torch.cat((out, rearrange(attend(q[:, :, n:], k, v), merge)), dim=1)
+        return self.proj(out)
 
 
 class DiTBlock(nn.Module):
@@ -134,27 +138,18 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(
-        self,
-        x: Tensor,
-        c: Tensor,
-        rotation: Tensor,
-        memory: Tensor | None = None,
-        memory_out: bool = True,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Updated (tokens, psi). `memory_out=False` (the last block: the head reads only the
-        tokens) skips psi's own update, returning None for it; the tokens still read psi."""
+        self, x: Tensor, c: Tensor, rotation: Tensor, memory: int = 0, memory_out: bool = True
+    ) -> Tensor:
+        """x [b, n + memory, d]: the tokens, then SemanticPack's `memory` psi tokens, which run
+        through the same weights as their own stream (per-token ops see them as extra rows; in
+        attention they are read only through the gated read-in, see `Attention`). Returns the
+        updated sequence, without psi when `memory_out` is False (the last block)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        norm1 = lambda y: modulate(self.norm1(y), shift1, scale1)  # noqa: E731
-        norm2 = lambda y: modulate(self.norm2(y), shift2, scale2)  # noqa: E731
-        memory_in = None if memory is None else norm1(memory)
-        attn, mem_attn = self.attn(norm1(x), rotation, memory_in, memory_out)
+        attn = self.attn(modulate(self.norm1(x), shift1, scale1), rotation, memory, memory_out)
+        if memory and not memory_out:
+            x = x[:, :-memory]
         x = gated(x, gate1, attn)
-        x = gated(x, gate2, self.mlp(norm2(x)))
-        if mem_attn is None:
-            return x, None
-        memory = gated(memory, gate1, mem_attn)  # psi's own stream through the same weights
-        memory = gated(memory, gate2, self.mlp(norm2(memory)))
-        return x, memory
+        return gated(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class OutputHead(nn.Module):
@@ -286,11 +281,17 @@ class VideoDiT(Backbone):
         )
         x_rot = self.rope(x_pos)
 
-        # Unrotated leading text tokens; memory psi_n follows them as its own gated stream.
+        # Unrotated leading text tokens; memory psi_n, unrotated too, rides at the end of the
+        # sequence as its own gated stream (`DiTBlock`); the last block drops it.
         txt_tok = self.text_proj(text)
-        tokens = torch.cat([txt_tok, img_tok, ctx_tok, x_tok], dim=1)
+        parts = [txt_tok, img_tok, ctx_tok, x_tok]
+        n_psi = 0 if memory is None else memory.shape[1]
+        if n_psi:
+            parts.append(memory.to(txt_tok.dtype))
+        tokens = torch.cat(parts, dim=1)
         txt_rot = identity_rotation(b, txt_tok.shape[1], x_rot.shape[2], x_rot)
-        rotation = torch.cat((txt_rot, img_rot, ctx_rot, x_rot), dim=1)
+        psi_rot = identity_rotation(b, n_psi, x_rot.shape[2], x_rot)
+        rotation = torch.cat((txt_rot, img_rot, ctx_rot, x_rot, psi_rot), dim=1)
 
         # Conditioning vector: timestep + pooled prompt (MM-DiT style), drives every adaLN.
         mask = text_mask.to(txt_tok.dtype)[..., None]
@@ -300,11 +301,11 @@ class VideoDiT(Backbone):
         for i, block in enumerate(self.blocks):
             memory_out = i < len(self.blocks) - 1  # nothing reads psi after the last block
             if self.grad_checkpointing and self.training:
-                tokens, memory = checkpoint(
-                    block, tokens, c, rotation, memory, memory_out, use_reentrant=False
+                tokens = checkpoint(
+                    block, tokens, c, rotation, n_psi, memory_out, use_reentrant=False
                 )
             else:
-                tokens, memory = block(tokens, c, rotation, memory, memory_out)
+                tokens = block(tokens, c, rotation, n_psi, memory_out)
 
         out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
         kt, kh, kw = PATCH_1X

@@ -61,6 +61,10 @@ def apply_rope(x: Tensor, rotation: Tensor) -> Tensor:
     instead of a dozen element-wise ops and a stack (issue 24). The product is computed in
     float32 (the table's precision) and returned in x's dtype.
     """
+    if torch.compiler.is_compiling():  # inductor generates no code for complex tensors
+        cos, sin = rotation[:, None].to(x.dtype).unbind(-1)
+        x1, x2 = x.unflatten(-1, (-1, 2)).unbind(-1)
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), -1).flatten(-2)
     table = torch.view_as_complex(rotation.float().contiguous())[:, None]
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
     return torch.view_as_real(pairs * table).flatten(-2).to(x.dtype)
