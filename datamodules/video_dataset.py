@@ -66,12 +66,16 @@ def read_metadata(root: Path) -> tuple[list[dict[str, str]], dict[str, str]]:
                     problem = f"missing string field {key!r}"
             if problem is None and not isinstance(entry.get("split", DEFAULT_SPLIT), str):
                 problem = "'split' must be a string"
+            focus = entry.get("focus_segment", -1) if problem is None else -1
+            if problem is None and (not isinstance(focus, int) or focus < -1):
+                problem = f"'focus_segment' must be a segment index >= 0, got {focus!r}"
             if problem is not None:
                 skipped[f"{metadata}:{number}"] = problem
                 warnings.warn(f"skipping {metadata}, line {number}: {problem}", stacklevel=3)
                 continue
             split = entry.get("split", DEFAULT_SPLIT)
-            entries.append({"path": entry["path"], "caption": entry["caption"], "split": split})
+            entries.append({"path": entry["path"], "caption": entry["caption"], "split": split,
+                            "focus_segment": focus})  # fmt: skip
     if not entries:
         reasons = f": {skipped}" if skipped else ""
         raise ValueError(f"metadata file has no usable entries: {metadata}{reasons}")
@@ -118,6 +122,7 @@ class VideoFolderDataset(Dataset):
         self.paths: list[Path] = []
         self.captions: list[str] = []
         self.lengths: list[int] = []
+        self.focus: list[int] = []  # a segment that needs long-term memory (-1: none)
         self.keep_decoded = keep_decoded
         self._decoded: dict[int, torch.Tensor] = {}
 
@@ -141,6 +146,7 @@ class VideoFolderDataset(Dataset):
             self.paths.append(path)
             self.captions.append(entry["caption"])
             self.lengths.append(segments)
+            self.focus.append(entry["focus_segment"] if entry["focus_segment"] < segments else -1)
         if not self.paths:
             raise ValueError(
                 f"no usable videos for split {split!r} in {self.root}: "
@@ -188,6 +194,7 @@ class VideoFolderDataset(Dataset):
             "caption": self.captions[index],
             "num_segments": segments,
             "name": path.stem,
+            "focus_segment": self.focus[index],
         }
 
 
@@ -207,4 +214,5 @@ def collate_videos(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
         "image": torch.stack([item["image"] for item in kept]),
         "caption": [item["caption"] for item in kept],
         "name": [item["name"] for item in kept],
+        "focus_segment": torch.tensor([item.get("focus_segment", -1) for item in kept]),
     }

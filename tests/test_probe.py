@@ -135,6 +135,44 @@ def test_training_set_mixes_in_probe_videos(tmp_path: Path) -> None:
     assert "probe_train" not in json.loads((plain / ".synthetic.json").read_text())
 
 
+def test_memory_focus_trains_probe_videos_on_their_return(tmp_path: Path) -> None:
+    from datamodules.video_dataset import VideoFolderDataset, collate_videos
+
+    root = generate_dataset(tmp_path / "d", num_train=2, num_val=1, min_segments=2,
+                            max_segments=2, segment_frames=T, fps=8.0, size=(32, 32), seed=0,
+                            probe_train=2)  # fmt: skip
+    schedule = ProbeSchedule()
+    data = VideoFolderDataset(root, "train", T, 8.0, (32, 32))
+    batch = collate_videos([data[i] for i in range(len(data))])
+    ret = schedule.prefix_segments + schedule.gap_segments
+    assert batch["focus_segment"].tolist() == [-1, -1, ret, ret]  # scene videos have none
+    module = probe_module(memory=True)
+    for p, want in ((0.0, None), (1.0, ret)):
+        module.hparams.memory_focus = p
+        seg = module.teacher_forcing_batch(batch, torch.Generator().manual_seed(3))[1]
+        if want is not None:
+            assert seg[2:].tolist() == [want, want]
+        else:  # no focus: the uniform draw of the scene videos and the probes
+            base = module.teacher_forcing_batch(
+                {**batch, "focus_segment": torch.full((4,), -1)}, torch.Generator().manual_seed(3)
+            )[1]
+            assert seg.tolist() == base.tolist()
+    assert seg[:2].max() <= 1  # the scene videos keep drawing among their own two segments
+
+
+def test_memory_gates_get_their_own_rate_and_start() -> None:
+    torch.manual_seed(0)
+    module = tiny_module(tiny_pack(), memory_lr_scale=10.0, memory_gate_init=0.25, lr=1e-3)
+    gates = module.memory_gates()
+    assert gates and all(torch.all(g == 0.25) for g in gates)
+    module.trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-3, 1e-2]  # before the warm-up factor
+    assert {id(p) for p in groups[1]["params"]} == {id(g) for g in gates}
+    plain = tiny_module(tiny_pack()).configure_optimizers()["optimizer"].param_groups
+    assert len(plain) == 1  # scale 1: one group, as checkpoints of earlier runs hold
+
+
 class _TestOnlyModule(VideoModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:  # the loop only drives the callback
         pass
