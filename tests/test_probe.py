@@ -212,3 +212,37 @@ def test_eval_callback_logs_the_probe(tmp_path: Path) -> None:
     assert "subject_consistency@pixel" in callback.results["short"]
     assert "short/ground_truth" in callback.results
     assert len(callback.curves["short"]["subject_consistency@pixel"]) == 2  # per segment
+
+
+def test_true_gap_is_the_default_and_scores_carry_standard_errors() -> None:
+    probes = probe_set(3, (32, 32), T, seed=2)
+    module = probe_module(memory=True)
+    prefixes = []
+    real_generate = module.generate
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        prefixes.append(kwargs["prefix"].shape[1])
+        return real_generate(*args, **kwargs)
+
+    module.generate = spy  # type: ignore[method-assign]
+    scores = memory_probe(module, probes, batch_size=3)
+    schedule = probes[0].schedule
+    assert set(prefixes) == {(schedule.prefix_segments + schedule.gap_segments) * T}
+    assert scores["oracle_se"] == 0.0 and scores["chance_se"] == 0.0
+    assert 0 <= scores["memory_se"] <= 0.5
+
+
+def test_psi_decodability_reads_what_psi_holds() -> None:
+    from eval.probe import _ridge_accuracy, psi_decodability
+
+    gen = torch.Generator().manual_seed(0)
+    labels = (torch.arange(64) // 2) % 8  # each class on both sides of the even/odd split
+    informative = torch.nn.functional.one_hot(labels, 8).float().repeat(1, 4)
+    informative = informative + 0.1 * torch.randn(64, 32, generator=gen)
+    noise = torch.randn(64, 32, generator=gen)
+    assert _ridge_accuracy(informative[0::2], labels[0::2], informative[1::2], labels[1::2]) == 1.0
+    assert _ridge_accuracy(noise[0::2], labels[0::2], noise[1::2], labels[1::2]) < 0.4
+    out = psi_decodability(probe_module(memory=True), probe_set(8, (32, 32), T, seed=4))
+    assert 0 <= out["decodable_prefix"] <= 1 and out["decodable_chance"] == 1 / 8
+    with pytest.raises(ValueError, match="SemanticPack"):
+        psi_decodability(probe_module(memory=False), probe_set(4, (32, 32), T, seed=4))
