@@ -131,6 +131,7 @@ def build_cache(directory: Path, split: str, dataset: VideoFolderDataset, codec:
             "file": name, "sha256": hashlib.sha256(data).hexdigest(),
             "caption": item["caption"], "num_segments": item["num_segments"], "name": item["name"],
             "focus_segment": item.get("focus_segment", -1),
+            "focus_memory": item.get("focus_memory", -1),
         })  # fmt: skip
     manifest["splits"][split] = {"entries": entries, "skipped": skipped}
     _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -185,6 +186,7 @@ class LatentCacheDataset(Dataset):
             "num_segments": entry["num_segments"],
             "name": entry["name"],
             "focus_segment": entry.get("focus_segment", -1),  # caches before the field: none
+            "focus_memory": entry.get("focus_memory", -1),
         }
 
 
@@ -206,4 +208,5 @@ def collate_latents(items: list[dict[str, Any] | None]) -> dict[str, Any] | None
         "caption": [item["caption"] for item in kept],
         "name": [item["name"] for item in kept],
         "focus_segment": torch.tensor([item.get("focus_segment", -1) for item in kept]),
+        "focus_memory": torch.tensor([item.get("focus_memory", -1) for item in kept]),
     }

@@ -19,6 +19,9 @@ in the return frames where it is fully uncovered:
 - `memory_gates_shut`, `colour_error_gates_shut` (models with SemanticPack): the same model and
   noise with psi never read (`generate(read_memory=False)`, exactly what memory-read gates at 0
   give): a model that cannot remember, which must score near chance.
+- `memory_oracle_psi` (models with SemanticPack): psi stops updating after the prefix
+  (`generate(memory_until=prefix)`), so it holds the landmark as well as psi ever can: what the
+  DiT reads from a perfect memory (the read-in alone).
 
 By default the gap is TRUE (`gap="true"`): every frame up to the return is real, so FramePack's
 history holds no frame of the landmark, the model's own rollout quality does not enter, and only
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -67,6 +71,7 @@ PROBE_KEYS = (
     "colour_error_oracle",
     "memory_gates_shut",
     "colour_error_gates_shut",
+    "memory_oracle_psi",
 )
 _PALETTE = torch.tensor([OBJECT_COLOURS[c] for c in LANDMARK_COLOURS], dtype=torch.float64)
 
@@ -135,20 +140,22 @@ def probe_video_scores(
     captions = [p.caption for p in probes]
     segments = schedule.num_segments
 
-    def rollout(read_memory: bool = True) -> Tensor:
+    def rollout(read_memory: bool = True, memory_until: int | None = None) -> Tensor:
         gen = torch.Generator(device=device).manual_seed(seed)
         return model.generate(
             image, captions, segments, gen, frames_per_segment=frames_per_segment, prefix=prefix,
-            read_memory=read_memory,
+            read_memory=read_memory, memory_until=memory_until,
         )  # fmt: skip
 
     was_training = model.training
     model.eval()
     try:
         generated = rollout()
-        shut = None
+        shut = oracle_psi = None
         if gates_shut if gates_shut is not None else model.semantic_pack is not None:
             shut = rollout(read_memory=False)
+        if model.semantic_pack is not None:
+            oracle_psi = rollout(memory_until=schedule.prefix_segments)
         segs = video.reshape(len(probes), segments, frames_per_segment, *video.shape[2:])
         latents, _ = model.encode_video(segs, image)
         decoded = model.codec.decode_continuation(model.encode_image(image), latents)
@@ -169,9 +176,12 @@ def probe_video_scores(
             "colour_error_oracle": oracle_error,
             "memory_gates_shut": math.nan,
             "colour_error_gates_shut": math.nan,
+            "memory_oracle_psi": math.nan,
         }
         if shut is not None:
             row["memory_gates_shut"], row["colour_error_gates_shut"] = score_colour(shut[i], probe)
+        if oracle_psi is not None:
+            row["memory_oracle_psi"] = score_colour(oracle_psi[i], probe)[0]
         out.append(row)
     return out
 
@@ -277,8 +287,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     probes = probe_set(args.num_videos, size, segment_frames, seed=args.seed)
     prefix = None if args.gap == "true" else probes[0].schedule.prefix_segments
     scores = memory_probe(model, probes, seed=args.seed, prefix_segments=prefix)
-    if model.semantic_pack is not None:
+    if model.semantic_pack is not None and len(probes) >= 4:
         scores.update(psi_decodability(model, probes))
+    elif model.semantic_pack is not None:
+        warnings.warn(f"--num_videos {len(probes)} < 4: psi_decodability skipped", stacklevel=1)
     print(f"memory probe of {args.ckpt} ({int(scores['videos'])} videos, {size[0]}x{size[1]}, "
           f"{args.gap} gap):")  # fmt: skip
     for key in (*PROBE_KEYS, "decodable_prefix", "decodable_return", "decodable_chance"):

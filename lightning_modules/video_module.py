@@ -55,6 +55,9 @@ class VideoModule(L.LightningModule):
             and would otherwise move at the backbone's (small) rate.
         memory_gate_init: initial value of the read-in gates (0 keeps a pretrained F1 backbone's
             output unchanged at step 0; a small model trained from scratch may start them open).
+        memory_oracle: a diagnostic: a focus target reads psi after only the segments that hold
+            what it needs (`focus_memory`, a probe's prefix), as if psi had kept it perfectly, so
+            what is measured is the read-in alone.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class VideoModule(L.LightningModule):
         memory_focus: float = 0.0,
         memory_lr_scale: float = 1.0,
         memory_gate_init: float = 0.0,
+        memory_oracle: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= memory_focus <= 1.0:
@@ -220,8 +224,13 @@ class VideoModule(L.LightningModule):
         x, seg = self.teacher_forcing_batch(batch, generator, encoded)
         image = self.batch_image_latent(batch)
         text = self.encode_text(batch["caption"], prompt_dropout, batch["image"])
+        memory_index = None
+        if self.hparams.get("memory_oracle", False) and "focus_memory" in batch:
+            focus = batch["focus_segment"].to(seg.device)
+            source = batch["focus_memory"].to(seg.device)
+            memory_index = torch.where((seg == focus) & (source >= 0), source, seg)
         context = MemoryPack.teacher_forced(
-            self.dit, self.semantic_pack, *encoded, seg, text, image
+            self.dit, self.semantic_pack, *encoded, seg, text, image, memory_index
         )
         loss, *_ = self.flow_loss(x, seg, context.history, image, text, context.memory, generator)
         return loss
@@ -263,15 +272,17 @@ class VideoModule(L.LightningModule):
         on_segment: Callable[[int], None] | None = None,
         prefix: Tensor | None = None,
         read_memory: bool = True,
+        memory_until: int | None = None,
     ) -> Tensor:
         """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W]
         of `num_segments` segments of `frames_per_segment` pixel frames (`VideoPipeline.generate`:
-        `prefix` continues real videos, `read_memory=False` never reads psi)."""
+        `prefix` continues real videos, `read_memory=False` never reads psi, `memory_until`
+        stops psi's updates after that many segments)."""
         if frames_per_segment is None:
             raise ValueError("generate needs frames_per_segment (pixel frames per segment)")
         return self.pipeline.generate(
             image, captions, num_segments, frames_per_segment, generator, progress, on_segment,
-            prefix, read_memory,
+            prefix, read_memory, memory_until,
         )  # fmt: skip
 
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:

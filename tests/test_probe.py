@@ -246,3 +246,39 @@ def test_psi_decodability_reads_what_psi_holds() -> None:
     assert 0 <= out["decodable_prefix"] <= 1 and out["decodable_chance"] == 1 / 8
     with pytest.raises(ValueError, match="SemanticPack"):
         psi_decodability(probe_module(memory=False), probe_set(4, (32, 32), T, seed=4))
+
+
+def test_oracle_psi_stops_at_the_landmark_in_training_and_in_the_probe(monkeypatch) -> None:  # noqa: ANN001
+    from lightning_modules.memory_pack import MemoryPack
+
+    module = probe_module(memory=True)
+    latents = torch.randn(2, 4 * 2, 12, 8, 8)
+    text = module.encode_text(["a", "b"])
+    image = torch.randn(2, 1, 12, 8, 8)
+    seg = torch.tensor([3, 3])
+    args = (module.dit, module.semantic_pack, latents, 2, seg, text, image)
+    oracle = MemoryPack.teacher_forced(*args, memory_index=torch.tensor([1, 3]))
+    plain = MemoryPack.teacher_forced(*args)
+    early = MemoryPack.teacher_forced(*args[:4], torch.tensor([1, 1]), *args[5:])
+    torch.testing.assert_close(oracle.history, plain.history)  # FramePack sees the same past
+    torch.testing.assert_close(oracle.memory[0], early.memory[0])  # psi after segment 0 only
+    torch.testing.assert_close(oracle.memory[1], plain.memory[1])
+    # MemoryPack.remember without Eq. 1: history grows, psi stays.
+    pack = MemoryPack.start(module.dit, module.semantic_pack, text, image)
+    psi = pack.psi.clone()
+    pack.remember(latents[:, :2], 0, update_psi=False)
+    torch.testing.assert_close(pack.psi, psi)
+    assert torch.equal(pack.history[:, -2:], latents[:, :2])
+    # Training: a focus target reads psi up to `focus_memory`, others their own segment.
+    seen = []
+    real = MemoryPack.teacher_forced
+    monkeypatch.setattr(MemoryPack, "teacher_forced",
+                        staticmethod(lambda *a: seen.append(a[-1]) or real(*a)))  # fmt: skip
+    batch = {"latents": latents.reshape(2, 4, 2, 12, 8, 8), "image_latent": image,
+             "image": torch.zeros(2, 3, 16, 16), "caption": ["a", "b"],
+             "num_segments": torch.tensor([4, 4]), "focus_segment": torch.tensor([3, -1]),
+             "focus_memory": torch.tensor([1, -1])}  # fmt: skip
+    module.hparams.memory_focus, module.hparams.memory_oracle = 1.0, True
+    module.teacher_forcing_loss(batch, generator=torch.Generator().manual_seed(0))
+    chosen = module.teacher_forcing_batch(batch, torch.Generator().manual_seed(0))[1]
+    assert seen[-1].tolist() == [1, int(chosen[1])]

@@ -149,7 +149,8 @@ def generate_dataset(
             write_video(root / relative, probe.frames, fps)
             focus = probe.schedule.prefix_segments + probe.schedule.gap_segments  # the return
             lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train",
-                                     "focus_segment": focus}))  # fmt: skip
+                                     "focus_segment": focus,
+                                     "focus_memory": probe.schedule.prefix_segments}))  # fmt: skip
 
         tmp = metadata.with_name(metadata.name + ".tmp")
         tmp.write_text("\n".join(lines) + "\n")
