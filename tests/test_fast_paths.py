@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from lightning_modules.networks.attention import attend, read_memory
+from lightning_modules.networks.dit import DiTBlock
 from lightning_modules.networks.frame_pack import PATCH_1X, PATCH_2X, PATCH_4X
 from lightning_modules.networks.gelu import GELUTanh, gelu_tanh
 from lightning_modules.networks.patch_embed import patch_embed
-from lightning_modules.networks.rope import Rope3D, apply_rope
+from lightning_modules.networks.rope import Rope3D, apply_rope, identity_rotation
 from tests.helpers.tiny import perturb, tiny_dit, tiny_module, tiny_pack
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -83,6 +85,53 @@ def test_last_block_skips_only_the_unread_psi_update() -> None:
     last = block(x, c, rotation, memory=4, memory_out=False)
     assert full.shape == (2, 14, 32) and last.shape == (2, 10, 32)
     assert torch.equal(last, full[:, :10])
+
+
+def two_stream_block(
+    block: DiTBlock, x: torch.Tensor, c: torch.Tensor, rotation: torch.Tensor, psi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The block as it was before psi rode in the token tensor: psi as a second stream through
+    the same weights, unrotated, read by the tokens through the gate, attending to everything."""
+    shift1, scale1, gate1, shift2, scale2, gate2 = block.modulation(c)[:, None].chunk(6, dim=-1)
+    norm1 = lambda y: block.norm1(y) * (1 + scale1) + shift1  # noqa: E731
+    norm2 = lambda y: block.norm2(y) * (1 + scale2) + shift2  # noqa: E731
+    attn, merge = block.attn, "b h n d -> b n (h d)"
+    q, k, v = attn.heads_of(norm1(x))
+    q, k = reference_rope(q, rotation), reference_rope(k, rotation)
+    qm, km, vm = attn.heads_of(norm1(psi))
+    out = read_memory(attend(q, k, v), q, km, vm, attn.memory_gate)
+    mem = attend(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
+    x = x + gate1 * attn.proj(rearrange(out, merge))
+    psi = psi + gate1 * attn.proj(rearrange(mem, merge))
+    x = x + gate2 * block.mlp(norm2(x))
+    return x, psi + gate2 * block.mlp(norm2(psi))
+
+
+def test_psi_as_token_rows_is_the_two_stream_dit() -> None:
+    """Open gates, two blocks: the second block's read of psi depends on the first's update."""
+    torch.manual_seed(0)
+    module = tiny_module(tiny_pack())
+    perturb(module, scale=0.2)
+    blocks = module.dit.blocks
+    assert len(blocks) == 2 and all(b.attn.memory_gate.abs().min() > 0 for b in blocks)
+    x = torch.randn(2, 10, 32, requires_grad=True)
+    psi = torch.randn(2, 4, 32, requires_grad=True)
+    c = torch.randn(2, 32)
+    rotation = module.dit.rope(torch.randn(2, 10, 3) * 3)
+    joint = torch.cat((rotation, identity_rotation(2, 4, rotation.shape[2], rotation)), 1)
+    want, stream = x, psi
+    for block in blocks:
+        want, stream = two_stream_block(block, want, c, rotation, stream)
+    got = torch.cat((x, psi), 1)
+    for i, block in enumerate(blocks):
+        got = block(got, c, joint, memory=4, memory_out=i < len(blocks) - 1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    weight = blocks[0].mlp[0].weight
+    grads = torch.autograd.grad(got.square().sum(), (x, psi, weight))
+    wanted = torch.autograd.grad(want.square().sum(), (x, psi, weight))
+    for g, w in zip(grads, wanted, strict=True):
+        assert g.abs().sum() > 0
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_training_uses_fused_adamw() -> None:

@@ -83,7 +83,8 @@ class Attention(nn.Module):
     themselves attend to the whole joint sequence (their own stream, as extra tokens would).
     psi's m tokens ride at the end of the same tensor as extra rows of every per-token op (one
     linear, norm, MLP over n + m rows instead of a second, tiny stream: issue 24); the tokens'
-    rows come out as without psi (per-row GEMMs: tests/test_semantic_pack.py checks bit-equality).
+    rows come out as without psi (per-row GEMMs: tests/test_semantic_pack.py checks bit-equality
+    at closed gates; tests/test_fast_paths.py checks open gates against the two-stream form).
     """
 
     def __init__(self, width: int, heads: int, qk_norm: bool = True) -> None:

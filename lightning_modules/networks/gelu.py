@@ -7,7 +7,7 @@ SLEEF tanh that costs about 3 ns per element on the AVX2 machines we train on (1
 1.1 ms backward for one demo MLP activation, more than that MLP's matmuls; issue 24); a sigmoid
 and a few multiply-adds cost a third of that, forward and backward. Off CPU, and under
 `torch.compile` (which fuses the op itself), it is `F.gelu(x, approximate="tanh")`. The results
-differ from ATen's by float rounding only (see tests/test_model.py).
+differ from ATen's by float rounding only (see tests/test_fast_paths.py).
 """
 
 import math
