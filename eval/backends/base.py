@@ -12,6 +12,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from eval.preprocess import MAX_BATCH_PIXELS
+
 __all__ = [
     "FeatureBackend",
     "FlowBackend",
@@ -85,4 +87,6 @@ class TorchBackend:
         return self
 
     def _chunks(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        return list(frames.split(self.batch_size))
+        """At most `batch_size` frames and MAX_BATCH_PIXELS input pixels per network call."""
+        per_pixels = MAX_BATCH_PIXELS // max(1, frames.shape[-2] * frames.shape[-1])
+        return list(frames.split(max(1, min(self.batch_size, per_pixels))))
