@@ -2,9 +2,11 @@
 
 A spec is `"<name>"` or `"<name>:<path>[,<path>]"` for backends that load local checkpoints, e.g.
 `subject="dino_vitb16:/ckpt/dino_vitbase16_pretrain.pth"`,
-`aesthetic="clip_vitl14_laion:/ckpt/ViT-L-14.pt,/ckpt/sa_0_4_vit_l_14_linear.pth"`.
+`aesthetic="clip_vitl14_laion:/ckpt/ViT-L-14.pt,/ckpt/sa_0_4_vit_l_14_linear.pth"`,
+`flow="raft_large:/ckpt/raft-things.pth"` (or a torchvision `raft_large_*.pth` / `raft_small_*.pth`
+with `raft_small:`), `imaging="musiq_spaq:/ckpt/musiq_spaq_ckpt-358bb6af.pth"`.
 `"unavailable"` disables a metric: it is then reported as NaN under `<metric>@unavailable`, never
-faked. Not yet supported (no loader): RAFT (dynamic degree), MUSIQ (imaging), AMT-S (smoothness).
+faked. Not supported (no loader): AMT-S (motion smoothness; README "Evaluation" says why).
 
 Two sets of defaults, each the backends that pass `benchmarks/metric_validity.py` in its domain
 (README "Evaluation"): `DEFAULT_SPECS` for the embedded renderer's videos (the training callbacks)
@@ -63,6 +65,9 @@ DOMAINS: dict[str, str] = {
     "dino_vitb16": "VBench network (needs local weights; not measured here)",
     "clip_vitb32": "VBench network (needs local weights; not measured here)",
     "clip_vitl14_laion": "VBench network (needs local weights; not measured here)",
+    "raft_large": "VBench network (needs local weights; not measured here)",
+    "raft_small": "torchvision network (needs local weights; not measured here)",
+    "musiq_spaq": "VBench network (needs local weights; not measured here)",
     UNAVAILABLE: "metric off (NaN)",
 }
 # Longer side the OpenCV flow backends work at unless the spec names one (`opencv_dis:<side>`).
@@ -74,7 +79,7 @@ def domain_of(name: str) -> str:
     return DOMAINS.get(name, "not measured")
 
 
-_NOT_SUPPORTED = {"raft", "musiq", "amt_s", "amt"}
+_NOT_SUPPORTED = {"amt_s", "amt"}
 
 
 @dataclass
@@ -126,7 +131,9 @@ def build_backend(role: str, spec: str, device: str | torch.device | None = None
     if name in (UNAVAILABLE, "none"):
         return None
     if name in _NOT_SUPPORTED:
-        raise ValueError(f"backend {name!r} is not yet supported; see eval/backends/registry.py")
+        raise ValueError(
+            f'backend {name!r} is not supported (no loader; README "Evaluation" says why)'
+        )
     kind = {"subject": "feature", "background": "feature", "aesthetic": "score"}.get(role, role)
     kind = "score" if role == "imaging" else kind
     if kind == "feature":
@@ -157,6 +164,10 @@ def build_backend(role: str, spec: str, device: str | torch.device | None = None
             from eval.backends.image_stats import Colorfulness
 
             return Colorfulness()
+        if name in ("musiq_spaq", "musiq") and role == "imaging":
+            from eval.backends.musiq import MusiqQuality
+
+            return MusiqQuality(_paths(name, arg, 1)[0], device=device)
         if name in ("niqe", "niqe_synthetic") and role == "imaging":
             from eval.backends.niqe import NiqeQuality
 
@@ -166,6 +177,11 @@ def build_backend(role: str, spec: str, device: str | torch.device | None = None
 
             clip_path, head_path = _paths(name, arg, 2)
             return ClipAesthetic(clip_path, head_path, device=device)
+    elif role == "flow" and name in ("raft", "raft_large", "raft_small"):
+        from eval.backends.raft import RaftFlow
+
+        size = "small" if name == "raft_small" else "large"
+        return RaftFlow(_paths(name, arg, 1)[0], size=size, device=device)
     elif name in ("opencv_dis", "opencv_farneback") or (
         role == "flow" and name in ("opencv_dis_verified", "opencv_farneback_verified")
     ):
