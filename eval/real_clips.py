@@ -109,12 +109,13 @@ def photo_clips(
 def load_clip_folder(
     folder: str | Path, frames: int, size: tuple[int, int], fps: float
 ) -> list[torch.Tensor]:
-    """Every .mp4 in `folder` decoded at `fps`, resized / centre-cropped to `size`, first `frames`.
+    """Every .mp4 in `folder` decoded at `fps`, resized / centre-cropped to `size`, first `frames`
+    (decoding stops there: a long clip is never held whole).
 
     A clip shorter than `frames` raises, naming it (every clip must give the same length so the
     identity-change degradation can splice neighbours).
     """
-    from datamodules.video_io import read_video
+    from eval.video_stream import iter_video_chunks
 
     paths = sorted(Path(folder).glob("*.mp4"))
     if len(paths) < 2:
@@ -123,11 +124,11 @@ def load_clip_folder(
         )
     clips = []
     for path in paths:
-        video = read_video(path, fps=fps, size=size)
+        video = torch.cat(list(iter_video_chunks(path, fps=fps, size=size, max_frames=frames)))
         if video.shape[0] < frames:
             raise ValueError(
                 f"load_clip_folder: {path} gives {video.shape[0]} frames at {fps:g} fps, "
                 f"{frames} needed"
             )
-        clips.append(video[:frames].contiguous())
+        clips.append(video)
     return clips

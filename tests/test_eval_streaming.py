@@ -15,6 +15,7 @@ from datamodules.synthetic import render_video
 from datamodules.video_io import read_video, write_video
 from eval.backends.registry import FOOTAGE_SPECS, build_backends
 from eval.per_frame import compute_per_frame_stream
+from eval.real_clips import load_clip_folder
 from eval.video_scores import score_video, scores_from_outputs
 from eval.video_stream import iter_video_chunks
 
@@ -46,6 +47,16 @@ def test_stream_decode_matches_read_video(tmp_path: Path) -> None:
     assert torch.equal(first, read_video(path, fps=4.0)[:3])
     with pytest.raises(ValueError, match="fps must be positive"):
         next(iter_video_chunks(path, fps=0))
+
+
+def test_clip_folder_loads_the_first_frames_and_names_a_short_clip(tmp_path: Path) -> None:
+    for seed, frames in ((500, 12), (501, 10)):
+        write_video(tmp_path / f"{seed}.mp4", render_video(seed, frames, (32, 48))[0], fps=8)
+    clips = load_clip_folder(tmp_path, frames=10, size=(24, 32), fps=8)
+    assert [tuple(c.shape) for c in clips] == [(10, 3, 24, 32)] * 2
+    assert torch.equal(clips[0], read_video(tmp_path / "500.mp4", fps=8, size=(24, 32))[:10])
+    with pytest.raises(ValueError, match="501.mp4 gives 10 frames"):
+        load_clip_folder(tmp_path, frames=11, size=(24, 32), fps=8)
 
 
 def _peak_mib() -> float:
