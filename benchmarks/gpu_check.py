@@ -5,7 +5,7 @@
 
 1. Tiny configs on CUDA: `configs/framepack_f1/{stage1,stage2_direct_forcing}.yaml` composed
    with `small.yaml` (tiny random HunyuanVideo VAE / LLaMA / CLIP / SigLIP / FramePack-F1 folders,
-   `lightning_modules/hf_tiny.py`), 2 bf16 steps each through the CLI, then a 3-segment rollout.
+   `lightning_modules/pretrained/tiny.py`), 2 bf16 steps each through the CLI, then a 3-segment rollout.
 2. Throughput under FSDP2 (Lightning's ModelParallelStrategy, one GPU, bf16-mixed), with and
    without activation checkpointing, of one stage-1 training step (teacher-forcing loss,
    backward, AdamW) on pre-encoded latents (the latent-cache path, so the VAE is not timed):
@@ -164,10 +164,10 @@ def build_default_dit() -> Any:
 
 
 def build_framepack(tiny: Path, device: torch.device, dry_run: bool) -> Any:
-    from lightning_modules.framepack_backbone import FramePackBackbone
-    from lightning_modules.hf_codecs import HunyuanVideoVAE
-    from lightning_modules.hf_text_encoders import HunyuanTextEncoder
-    from lightning_modules.semantic_pack import SemanticPack
+    from lightning_modules.networks.semantic_pack import SemanticPack
+    from lightning_modules.pretrained.framepack_backbone import FramePackBackbone
+    from lightning_modules.pretrained.text_encoders import HunyuanTextEncoder
+    from lightning_modules.pretrained.vae import HunyuanVideoVAE
     from lightning_modules.video_module import VideoModule
 
     heads, layers, single = (2, 1, 1) if dry_run else (16, 4, 6)
@@ -239,7 +239,7 @@ def main() -> None:
     peak = card_peak(device, args.peak_tflops)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device: {name}; bf16 dense peak: {peak} TFLOP/s; torch {torch.__version__}")
-    from lightning_modules.hf_tiny import write_tiny_pretrained
+    from lightning_modules.pretrained.tiny import write_tiny_pretrained
 
     work = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     tiny = write_tiny_pretrained(work / "tiny")

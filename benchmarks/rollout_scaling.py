@@ -110,10 +110,10 @@ def tensor_allocations(
 
 
 def build(mode: str, width: int, depth: int, steps: int) -> Any:
-    from lightning_modules.codec import SpaceToDepthCodec
-    from lightning_modules.dit import VideoDiT
-    from lightning_modules.semantic_pack import SemanticPack
-    from lightning_modules.text_encoder import HashTextEncoder
+    from lightning_modules.codecs import SpaceToDepthCodec
+    from lightning_modules.networks.dit import VideoDiT
+    from lightning_modules.networks.semantic_pack import SemanticPack
+    from lightning_modules.networks.text_encoder import HashTextEncoder
     from lightning_modules.video_module import VideoModule
 
     torch.manual_seed(0)

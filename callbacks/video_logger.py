@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image, ImageDraw
 
-from datamodules.video_io import to_uint8, write_video
+from datamodules.video_io import write_video
+from lightning_modules.codecs import to_uint8
 
 
 def contact_sheet(
@@ -106,6 +107,7 @@ class RolloutVideoLogger(L.Callback):
         video = pl_module.generate(
             image, captions, self.num_segments,
             generator=torch.Generator(pl_module.device).manual_seed(self.seed),
+            frames_per_segment=dm.segment_frames,
         )  # fmt: skip
         pl_module.train(was_training)
         # trainer.log_dir broadcasts from rank 0, so every rank must ask (else DDP deadlocks).

@@ -89,7 +89,7 @@ def _encode_item(codec: nn.Module, item: dict[str, Any], device: torch.device) -
     video = item["video"].to(device)  # [s, t, 3, H, W]
     segments, frames = video.shape[:2]
     flat = rearrange(video, "s t c h w -> 1 (s t) c h w")
-    latents = codec.encode_video(flat, item["image"].to(device)[None])[0]  # causal VAEs: codec.py
+    latents = codec.encode_video(flat, item["image"].to(device)[None])[0]  # causal: codecs/base.py
     image_latent = codec.encode(item["image"].to(device)[None, None])[0]
     shard = {
         "latents": rearrange(latents, "(s t) c h w -> s t c h w", s=segments).cpu(),

@@ -36,7 +36,7 @@ class VideoDataModule(L.LightningDataModule):
     and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
 
     `probe_train_videos` (synthetic source): extra training videos of memory-probe events
-    (`datamodules/probe.py`), so that a model can learn to remember what left the view.
+    (`datamodules/synthetic/probe_scene.py`), so that a model can learn to remember what left the view.
 
     `predict_prefix_segments` k > 0 makes `predict` continue videos (README "Video continuation"):
     its batches carry `prefix_segments` = k and the model keeps their first k real segments as

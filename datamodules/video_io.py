@@ -221,11 +221,6 @@ def read_video(
     return frames
 
 
-def to_uint8(frames: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float frames -> uint8, the format videos are written and scored in."""
-    return ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
 def _to_fraction(fps: float) -> Fraction:
     # Denominator bound keeps NTSC rates such as 29.97 exact enough for the muxer.
     return Fraction(fps).limit_denominator(1001 * 1000)

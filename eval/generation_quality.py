@@ -13,6 +13,11 @@ Both are PSNR (dB, uint8 frames, mean over samples of the per-sample PSNR) and S
 window, mean over frames). Two reference points come with them: `copy_last` repeats the last true
 frame before segment i for the whole segment (what a model that never moves would score), and the
 caller may score an untrained model of the same configuration as a floor.
+
+`rollout_quality` continues long held-out videos from their first segment(s) for `depth`
+segments on the model's own samples and reports, beside the same figures of the truth: PSNR at
+each depth with the static copy of the last true frame at the same depth, how much verified motion
+the rollout holds (`eval/motion.py`), and the seams on the DiT's token grid.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from datamodules.video_io import to_uint8
+from eval.motion import MOTION_KEYS, grid_edge, motion_scores
+from lightning_modules.codecs import to_uint8
 
-__all__ = ["generation_quality", "psnr", "ssim"]
+__all__ = ["generation_quality", "psnr", "rollout_quality", "ssim", "token_grid"]
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
@@ -96,6 +102,7 @@ def generation_quality(
         "next_segment_psnr": mean(nxt_psnr),
         "next_segment_ssim": mean(nxt_ssim),
         "copy_last_psnr": mean(copy_psnr),
+        "next_segment_margin": mean(nxt_psnr) - mean(copy_psnr),
         "videos": float(len(examples)),
         "next_segments": float(len(nxt_psnr)),
     }
@@ -107,3 +114,73 @@ def _next_segments(num_segments: int, count: int) -> list[int]:
         return []
     picks = {round(1 + (num_segments - 2) * (j + 1) / count) for j in range(count)}
     return sorted(min(max(p, 1), num_segments - 1) for p in picks)
+
+
+def token_grid(model: Any) -> int:
+    """Pixels between the DiT's token boundaries: the codec's spatial factor x the patch."""
+    return model.codec.spatial_factor * model.dit.patch[-1]
+
+
+@torch.no_grad()
+def rollout_quality(
+    model: Any,
+    examples: Sequence[dict[str, Any]],
+    segment_frames: int,
+    depth: int,
+    prefix_segments: int = 1,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Continue each example from its first `prefix_segments` true segments for `depth`
+    generated segments (examples need prefix_segments + depth segments) and score the rollout.
+
+    Returns per depth d = 1..depth (lists): `psnr_by_depth` of generated segment d against the
+    true one and `static_by_depth`, the last true frame repeated, against the same; and, for the
+    generated part and the same part of the truth (`..._truth`): `flow_share`, `dynamic_fraction`
+    (`eval/motion.py`), `grid_edge` over the whole rollout and `grid_edge_first` over its first
+    segment, whose truth value is the same truth's.
+    """
+    need = prefix_segments + depth
+    usable = [ex for ex in examples if ex["video"].shape[0] >= need]
+    if not usable or depth < 1 or prefix_segments < 1:
+        raise ValueError(
+            f"rollout_quality needs depth >= 1, prefix_segments >= 1 and examples of >= {need} "
+            f"segments; got depth={depth}, prefix_segments={prefix_segments}, "
+            f"{len(usable)} long enough of {len(examples)}"
+        )
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    grid = token_grid(model)
+    gen_psnr = [[] for _ in range(depth)]
+    static_psnr = [[] for _ in range(depth)]
+    keys = (*MOTION_KEYS, "grid_edge_first")
+    scores: dict[str, list[float]] = {f"{k}{s}": [] for k in keys for s in ("", "_truth")}
+    try:
+        for index, ex in enumerate(usable):
+            video = ex["video"][:need].to(device)
+            gen = torch.Generator(device=device).manual_seed(seed + index)
+            out = model.generate(
+                ex["image"][None].to(device), [ex["caption"]], need, gen,
+                frames_per_segment=segment_frames,
+                prefix=video[:prefix_segments].flatten(0, 1)[None],
+            )[0]  # fmt: skip
+            truth = to_uint8(video.flatten(0, 1)).cpu()
+            start = prefix_segments * segment_frames
+            last = truth[start - 1 : start]
+            for d in range(depth):
+                part = slice(start + d * segment_frames, start + (d + 1) * segment_frames)
+                gen_psnr[d].append(psnr(out[part], truth[part]))
+                static_psnr[d].append(psnr(last.expand_as(truth[part]), truth[part]))
+            for suffix, frames in (("", out[start:]), ("_truth", truth[start:])):
+                for key, value in motion_scores(frames, grid).items():
+                    scores[key + suffix].append(value)
+                scores["grid_edge_first" + suffix].append(grid_edge(frames[:segment_frames], grid))
+    finally:
+        model.train(was_training)
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    return {
+        "psnr_by_depth": [mean(x) for x in gen_psnr],
+        "static_by_depth": [mean(x) for x in static_psnr],
+        **{k: mean(v) for k, v in scores.items()},
+        "rollout_videos": float(len(usable)),
+    }

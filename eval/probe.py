@@ -2,7 +2,7 @@
 
     python -m eval.probe --ckpt runs/stage1/version_0/checkpoints/last.ckpt [--json out.json]
 
-Each probe (`datamodules/probe.py`) is continued from its real prefix, in which a landmark shows
+Each probe (`datamodules/synthetic/probe_scene.py`) is continued from its real prefix, in which a landmark shows
 behind a sliding shutter; the shutter then stays shut for longer than FramePack's history, so when
 it reopens only a long-term memory (SemanticPack's psi) can know what was behind it. Scores, mean
 over probe videos, from the mean colour of the generated frames inside the landmark's true pixels
@@ -16,9 +16,9 @@ in the return frames where it is fully uncovered:
   generator behind this codec could reach;
 - `colour_error`: distance between that colour and the true one (RGB / 255, 0..sqrt(3)), with
   `colour_error_chance` (a random landmark colour) and `colour_error_oracle`;
-- `memory_gates_shut`, `colour_error_gates_shut` (models with a memory read-in): the same model
-  and noise with every `memory_gate` forced to 0, so psi is never read: a model that cannot
-  remember, which must score near chance.
+- `memory_gates_shut`, `colour_error_gates_shut` (models with SemanticPack): the same model and
+  noise with psi never read (`generate(read_memory=False)`, exactly what memory-read gates at 0
+  give): a model that cannot remember, which must score near chance.
 
 The model generates the gap itself (only the prefix is real), as a user's continuation would. The
 gap shows only the shutter, so without psi the landmark could reach the return only if the model
@@ -29,25 +29,23 @@ instead, which cuts that path too (FramePack then holds no frame of the landmark
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from datamodules.probe import LANDMARK_COLOURS, ProbeVideo, probe_set
-from datamodules.synthetic import OBJECT_COLOURS
-from datamodules.video_io import to_uint8
+from datamodules.synthetic.drawing import OBJECT_COLOURS
+from datamodules.synthetic.probe_scene import LANDMARK_COLOURS, ProbeVideo, probe_set
+from lightning_modules.codecs import to_uint8
+from lightning_modules.memory_pack import history_reach
 
 __all__ = [
     "PROBE_KEYS",
-    "has_memory_gates",
     "memory_probe",
-    "memory_read_shut",
     "probe_video_scores",
     "score_colour",
 ]
@@ -88,27 +86,6 @@ def chance_colour_error(probe: ProbeVideo) -> float:
     return float((_PALETTE - truth).norm(dim=1).mean() / 255)
 
 
-def has_memory_gates(model: torch.nn.Module) -> bool:
-    return any(getattr(m, "memory_gate", None) is not None for m in model.modules())
-
-
-@contextlib.contextmanager
-def memory_read_shut(model: torch.nn.Module) -> Iterator[int]:
-    """Force every `memory_gate` (the DiT's per-head psi read-in gates) to 0 for the block's
-    duration, then restore them; yields how many gate tensors were shut."""
-    gates = [m.memory_gate for m in model.modules() if getattr(m, "memory_gate", None) is not None]
-    saved = [g.detach().clone() for g in gates]
-    try:
-        with torch.no_grad():
-            for gate in gates:
-                gate.zero_()
-        yield len(gates)
-    finally:
-        with torch.no_grad():
-            for gate, value in zip(gates, saved, strict=True):
-                gate.copy_(value)
-
-
 def _to_model(frames: Tensor, device: torch.device) -> Tensor:
     return frames.to(device).float().div(127.5).sub(1.0)
 
@@ -123,7 +100,8 @@ def probe_video_scores(
 ) -> list[dict[str, float]]:
     """Per-probe scores (`PROBE_KEYS`) of `model` (a `VideoModule`), the probes as one batch.
 
-    `gates_shut` None: also with the gates shut when the model has memory gates (else NaN).
+    `gates_shut` None: also with psi unread (the gates shut) when the model has SemanticPack
+    (else NaN).
     `prefix_segments`: real segments continued (default: the schedule's prefix); at most
     prefix + gap, so the return is always generated.
     """
@@ -133,10 +111,9 @@ def probe_video_scores(
     if any(p.frames.shape != first.frames.shape or p.schedule != first.schedule for p in probes):
         raise ValueError("memory probe: a batch needs probes of one size and schedule")
     frames_per_segment = first.segment_frames
-    temporal = model.codec.temporal_factor
-    history = model.dit.history_frames
+    history = history_reach(model.dit) * model.codec.temporal_factor  # pixel frames
     for probe in probes:
-        probe.check_history(None if history is None else history * temporal)
+        probe.check_history(history)
     device = next(model.parameters()).device
     video = _to_model(torch.stack([p.frames for p in probes]), device)  # [b, F, 3, H, W]
     schedule = first.schedule
@@ -150,20 +127,20 @@ def probe_video_scores(
     captions = [p.caption for p in probes]
     segments = schedule.num_segments
 
-    def rollout() -> Tensor:
+    def rollout(read_memory: bool = True) -> Tensor:
         gen = torch.Generator(device=device).manual_seed(seed)
         return model.generate(
-            image, captions, segments, gen, frames_per_segment=frames_per_segment, prefix=prefix
-        )
+            image, captions, segments, gen, frames_per_segment=frames_per_segment, prefix=prefix,
+            read_memory=read_memory,
+        )  # fmt: skip
 
     was_training = model.training
     model.eval()
     try:
         generated = rollout()
         shut = None
-        if gates_shut if gates_shut is not None else has_memory_gates(model):
-            with memory_read_shut(model):
-                shut = rollout()
+        if gates_shut if gates_shut is not None else model.semantic_pack is not None:
+            shut = rollout(read_memory=False)
         segs = video.reshape(len(probes), segments, frames_per_segment, *video.shape[2:])
         latents, _ = model.encode_video(segs, image)
         decoded = model.codec.decode_continuation(model.encode_image(image), latents)
@@ -213,9 +190,9 @@ def memory_probe(
 
 
 def _load(path: str) -> tuple[Any, dict[str, Any]]:
-    from lightning_modules.load_checkpoint import load_module  # stage 1 or stage 2
+    from lightning_modules.loading import load_module, read_checkpoint  # stage 1 or stage 2
 
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     model = load_module(checkpoint)
     data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     return model, data

@@ -49,12 +49,12 @@ class Budget:
         `grow_every` is scaled by stage2_steps / the shipped max_steps, so it admits the same
         lengths by the end of the run.
     num_train_videos, num_val_videos, max_segments: the synthetic data (shared by all runs).
-    probe_train_videos: memory-probe events mixed into the training set (datamodules/probe.py).
+    probe_train_videos: memory-probe events mixed into the training set (datamodules/synthetic/probe_scene.py).
     lengths: evaluated rollout lengths in segments (Tab. 1 metrics, drift, curves).
     eval_videos, probe_videos, quality_videos: held-out videos per seed for the rollouts, the
         memory probe and `generation_quality`.
-    model_args: CLI overrides applied right after stage1.yaml (before the ablation fragment, so
-        `semantic_pack: null` still wins): model sizes, only for the smoke budget.
+    model_overrides: a config layer composed right after stage1.yaml (before the ablation
+        fragment, so `semantic_pack: null` still wins): model sizes, only for the smoke budget.
     """
 
     seeds: tuple[int, ...]
@@ -70,22 +70,22 @@ class Budget:
     max_segments: int | None = None
     batch_size: int | None = None
     sample_steps: int | None = None
-    model_args: tuple[str, ...] = field(default_factory=tuple)
+    model_overrides: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["seeds"], out["model_args"] = list(self.seeds), list(self.model_args)
+        out["seeds"] = list(self.seeds)
         return out
 
 
-_SMOKE_SIZES = (
-    "--model.init_args.dit.init_args.width=32",
-    "--model.init_args.dit.init_args.depth=1",
-    "--model.init_args.dit.init_args.heads=2",
-    "--model.init_args.semantic_pack.init_args.width=32",
-    "--model.init_args.semantic_pack.init_args.heads=2",
-    "--model.init_args.semantic_pack.init_args.memory_tokens=4",
-)
+_SMOKE_SIZES: dict[str, Any] = {
+    "model": {
+        "init_args": {
+            "dit": {"init_args": {"width": 32, "depth": 1, "heads": 2}},
+            "semantic_pack": {"init_args": {"width": 32, "heads": 2, "memory_tokens": 4}},
+        }
+    }
+}
 
 BUDGETS: dict[str, Budget] = {
     # CI: every code path (9 variants, 2 seeds, probe, curves, figures, resume) in about a minute.
@@ -103,7 +103,7 @@ BUDGETS: dict[str, Budget] = {
         eval_videos=1,
         probe_videos=2,
         quality_videos=1,
-        model_args=_SMOKE_SIZES,
+        model_overrides=_SMOKE_SIZES,
     ),
     # 2-core CPU (--jobs 2), <= 60 minutes for everything: the shipped model and data, stage 1
     # for 1000 of the demo's 2880 steps (a run trains and evaluates in about 4 minutes on one

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import yaml
 
 from experiments.budgets import BUDGETS, STAGE2_FROM, VARIANTS, Budget, Variant
+from lightning_modules.training.checkpoints import read_checkpoint
 
 __all__ = ["main", "run_dir"]
 
@@ -86,84 +86,73 @@ def check_study_dir(out: Path, name: str, budget: Budget) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
-def _common_args(out: Path, budget: Budget, variant: Variant, seed: int) -> list[str]:
-    args = [
-        f"--seed_everything={seed}",
-        "--trainer.callbacks=[]",  # the study evaluates after training (evaluate below)
-        "--trainer.enable_checkpointing=false",
-        "--trainer.limit_val_batches=0",
-        "--trainer.num_sanity_val_steps=0",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
-        f"--trainer.logger.init_args.save_dir={out / 'runs'}",
-        f"--trainer.logger.init_args.name={variant.name}",
-        f"--trainer.logger.init_args.version=seed{seed}",
-    ]
+Layer = Path | dict[str, Any]  # a config file, or a typed override (`train.config_args`)
+
+
+def _common(out: Path, budget: Budget, variant: Variant, seed: int) -> dict[str, Any]:
+    """What every run of the study sets: its seed, where it logs, no callbacks (the study
+    evaluates after training, `evaluate` below), and the budget's sampler steps."""
+    logger = {"save_dir": str(out / "runs"), "name": variant.name, "version": f"seed{seed}"}
+    trainer = {
+        "callbacks": [], "enable_checkpointing": False, "limit_val_batches": 0,
+        "num_sanity_val_steps": 0, "enable_progress_bar": False,
+        "enable_model_summary": False, "logger": {"init_args": logger},
+    }  # fmt: skip
+    layer: dict[str, Any] = {"seed_everything": seed, "trainer": trainer}
     if budget.sample_steps is not None:
-        args.append(f"--model.init_args.sample_steps={budget.sample_steps}")
-    return args
+        layer["model"] = {"init_args": {"sample_steps": budget.sample_steps}}
+    return layer
 
 
-def stage1_args(out: Path, budget: Budget, variant: Variant, seed: int) -> list[str]:
-    """configs/stage1.yaml, the smoke sizes, the ablation fragment, then the budget."""
-    args = ["fit", "--config", str(ROOT / "configs/stage1.yaml"), *budget.model_args]
-    for fragment in variant.fragments:
-        args += ["--config", str(ROOT / fragment)]
-    args += _common_args(out, budget, variant, seed)
-    args += [
-        f"--data.init_args.data_dir={out / 'data'}",
-        f"--data.init_args.probe_train_videos={budget.probe_train_videos}",
-    ]
+def stage1_layers(out: Path, budget: Budget, variant: Variant, seed: int) -> list[Layer]:
+    """configs/stage1.yaml, the budget's model sizes, the ablation fragment, then the budget."""
+    data = {"data_dir": str(out / "data"), "probe_train_videos": budget.probe_train_videos}
     for key in ("num_train_videos", "num_val_videos", "max_segments", "batch_size"):
         if getattr(budget, key) is not None:
-            args.append(f"--data.init_args.{key}={getattr(budget, key)}")
+            data[key] = getattr(budget, key)
+    run: dict[str, Any] = {"data": {"init_args": data}}
     if budget.stage1_steps is not None:
-        args.append(f"--trainer.max_steps={budget.stage1_steps}")
-    return args
+        run["trainer"] = {"max_steps": budget.stage1_steps}
+    sizes = [budget.model_overrides] if budget.model_overrides else []
+    fragments = [ROOT / fragment for fragment in variant.fragments]
+    return [ROOT / "configs/stage1.yaml", *sizes, *fragments, _common(out, budget, variant, seed),
+            run]  # fmt: skip
 
 
-def stage2_args(
+def stage2_layers(
     out: Path, budget: Budget, variant: Variant, seed: int, checkpoint: Path
-) -> list[str]:
+) -> list[Layer]:
     """configs/stage2_direct_forcing.yaml from `checkpoint`, on stage 1's data, then the budget."""
-    import torch
+    from train import config_args, parse_config
 
     config = ROOT / "configs/stage2_direct_forcing.yaml"
-    args = ["fit", "--config", str(config)]
-    args += _common_args(out, budget, variant, seed)
-    args += [
-        f"--model.init_args.init_checkpoint={checkpoint}",
-        f"--model.init_args.history={variant.history}",
-        "--model.init_args.student_steps=5",
-    ]
-    data = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    data = data.get("datamodule_hyper_parameters") or {}
+    model = {"init_checkpoint": str(checkpoint), "history": variant.history, "student_steps": 5}
+    data = read_checkpoint(checkpoint).get("datamodule_hyper_parameters") or {}
     missing = [k for k in DATA_KEYS if k not in data]
     if missing:
         raise ValueError(f"{checkpoint} lacks the data settings {missing} stage 2 must share")
-    for key in DATA_KEYS:
-        value = data[key]
-        text = json.dumps(list(value)) if isinstance(value, (list, tuple)) else str(value)
-        args.append(f"--data.init_args.{key}={text}")
+    run: dict[str, Any] = {
+        "model": {"init_args": model},
+        "data": {"init_args": {key: data[key] for key in DATA_KEYS}},
+    }
     if budget.stage2_steps is not None:
-        shipped = yaml.safe_load(config.read_text())
-        steps = shipped["trainer"]["max_steps"]
-        grow = shipped["data"]["init_args"]["curriculum"]["init_args"]["grow_every"]
-        scaled = max(1, round(grow * budget.stage2_steps / steps))
-        args += [
-            f"--trainer.max_steps={budget.stage2_steps}",
-            f"--data.init_args.curriculum.init_args.grow_every={scaled}",
-        ]
-    return args
+        shipped = parse_config(config_args(config))
+        grow = shipped.data.init_args.curriculum.init_args.grow_every
+        scaled = max(1, round(grow * budget.stage2_steps / shipped.trainer.max_steps))
+        run["trainer"] = {"max_steps": budget.stage2_steps}
+        run["data"]["init_args"]["curriculum"] = {"init_args": {"grow_every": scaled}}
+    return [config, _common(out, budget, variant, seed), run]
 
 
-def fit(args: list[str]) -> Any:
-    """Run `train.py` in-process (LightningCLI), without this command's own argv."""
+def fit(layers: list[Layer]) -> Any:
+    """Run `train.py fit` in-process (LightningCLI) on the composed layers, without this
+    command's own argv."""
+    from train import config_args
     from train import main as cli_main
 
     argv, sys.argv = sys.argv, sys.argv[:1]
     try:
-        return cli_main(args)
+        return cli_main(["fit", *config_args(*layers)])
     finally:
         sys.argv = argv
 
@@ -215,7 +204,7 @@ def run_variant(out: Path, budget: Budget, variant: Variant, seed: int, keep: bo
     directory.mkdir(parents=True)
     start = time.time()
     if variant.stage == 1:
-        args = stage1_args(out, budget, variant, seed)
+        layers = stage1_layers(out, budget, variant, seed)
     else:
         checkpoint = run_dir(out, STAGE2_FROM, seed) / "model.ckpt"
         if not checkpoint.is_file():
@@ -223,8 +212,8 @@ def run_variant(out: Path, budget: Budget, variant: Variant, seed: int, keep: bo
                 f"stage 2 starts from {checkpoint}, which is missing: delete "
                 f"{checkpoint.parent} so that {STAGE2_FROM} seed {seed} is trained again"
             )
-        args = stage2_args(out, budget, variant, seed, checkpoint)
-    cli = fit(args)
+        layers = stage2_layers(out, budget, variant, seed, checkpoint)
+    cli = fit(layers)
     train_seconds = time.time() - start
     if variant.name == STAGE2_FROM or keep:
         cli.trainer.save_checkpoint(directory / "model.ckpt")

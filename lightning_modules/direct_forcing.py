@@ -32,16 +32,17 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_modules import rectified_flow as rf
-from lightning_modules.codec import LatentCodec
-from lightning_modules.framepack_backbone import Backbone
-from lightning_modules.parallel import no_backward_sync
-from lightning_modules.semantic_pack import SemanticPack
-from lightning_modules.stage1_checkpoint import (
+from lightning_modules.codecs.base import LatentCodec
+from lightning_modules.memory_pack import MemoryPack
+from lightning_modules.networks.backbone import Backbone
+from lightning_modules.networks.semantic_pack import SemanticPack
+from lightning_modules.networks.text_encoder import TextEncoder
+from lightning_modules.training.parallel import no_backward_sync
+from lightning_modules.training.stage1 import (
     load_stage1_weights,
-    read_checkpoint,
+    read_stage1_checkpoint,
     resolve_architecture,
 )
-from lightning_modules.text_encoder import TextEncoder
 from lightning_modules.video_module import VideoModule
 
 HistoryMode = Literal["teacher", "direct", "student"]
@@ -92,7 +93,7 @@ class DirectForcingModule(VideoModule):
         gradient_clip_val: float | None = None,
         **kwargs: Any,
     ) -> None:
-        ckpt = read_checkpoint(init_checkpoint)
+        ckpt = read_stage1_checkpoint(init_checkpoint)
         given = {"dit": dit, "codec": codec, "text_encoder": text_encoder}
         parts = resolve_architecture(
             ckpt, init_checkpoint, {**given, "semantic_pack": semantic_pack}
@@ -197,11 +198,8 @@ class DirectForcingModule(VideoModule):
         num = batch["num_segments"].to(latents.device)
         image = self.batch_image_latent(batch)
         text = self.encode_text(batch["caption"], self.hparams.prompt_dropout, batch["image"])
-        b, _, c, h, w = latents.shape
-        keep = self.dit.history_frames  # None (`full_history`): the buffer keeps every segment
-        history = latents.new_zeros(b, keep or 0, c, h, w)  # zeros = no past yet
         with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
-            psi = self.init_memory(text, image)
+            pack = MemoryPack.start(self.dit, self.semantic_pack, text, image)
         longest = int(num.max())
         window = self.hparams.segments_per_step or longest
         for i in range(longest):
@@ -209,20 +207,15 @@ class DirectForcingModule(VideoModule):
             rows = slice(None) if bool(active.all()) else active
             x = latents[rows, i * frames : (i + 1) * frames]
             seg = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            sub_text = (text[0][rows], text[1][rows])
-            sub_psi = None if psi is None else psi[rows]
-            loss, x_t, t, v = self.flow_loss(x, seg, history[rows], image[rows], sub_text, sub_psi)
+            sub_text, context = (text[0][rows], text[1][rows]), pack.context(rows)
+            loss, x_t, t, v = self.flow_loss(
+                x, seg, context.history, image[rows], sub_text, context.memory
+            )
             # The history comes from the weights that produced this loss, before any step.
             with torch.no_grad():  # history and memory never carry gradients across segments
-                vel = self.velocity_fn(seg, history[rows], image[rows], sub_text, None, sub_psi)
+                vel = self.pipeline.velocity_fn(seg, context, image[rows], sub_text)
                 new = self.history_segment(x, x_t, t, v, vel)
-                stored = torch.zeros_like(latents[:, :frames])  # finished videos: padding
-                stored[rows] = new
-                history = torch.cat((history, stored), dim=1)
-                history = history if keep is None else history[:, -keep:]
-                if psi is not None:
-                    psi = psi.clone()
-                    psi[rows] = self.update_memory(sub_psi, new, step=i)
+                pack.remember(new, i, rows)  # finished videos get zeros (padding)
             self.store_history(i, new)
             start = i - i % window
             in_window = min(window, longest - start)

@@ -1,8 +1,10 @@
 """Stage 1: teacher forcing over the whole network (Sec. 4.1), and the autoregressive rollout.
 
-The LightningModule is glue: it owns the codec, the text encoder and the DiT, draws one training
-segment per video with its ground-truth history (teacher forcing), and exposes `generate` for
-rollouts. The Trainer owns the loop; media and evaluation live in `callbacks/` and `eval/`.
+The LightningModule is glue: it owns the codec, the text encoder, the backbone and SemanticPack,
+draws one training segment per video with its ground-truth context (teacher forcing, through
+`MemoryPack.teacher_forced`) and rolls videos out with `generate` (`pipeline.py`: encode ->
+MemoryPack -> sample -> decode). The Trainer owns the loop; media and evaluation live in
+`callbacks/` and `eval/`.
 """
 
 import math
@@ -14,25 +16,24 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from datamodules.video_io import to_uint8
 from lightning_modules import rectified_flow as rf
-from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
-from lightning_modules.frame_pack import gather_history
-from lightning_modules.framepack_backbone import Backbone
-from lightning_modules.nonfinite import check_finite_loss
-from lightning_modules.parallel import CompileMode, apply_fsdp2, compile_dit
-from lightning_modules.semantic_pack import SemanticPack
-from lightning_modules.step_seed import seed_batch
-from lightning_modules.text_encoder import HashTextEncoder, TextEncoder
+from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
+from lightning_modules.memory_pack import MemoryPack
+from lightning_modules.networks.backbone import Backbone
+from lightning_modules.networks.semantic_pack import SemanticPack
+from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
+from lightning_modules.pipeline import VideoPipeline
+from lightning_modules.training.nonfinite import check_finite_loss
+from lightning_modules.training.parallel import CompileMode, apply_fsdp2, compile_dit
+from lightning_modules.training.step_seed import seed_batch
 
 
 class VideoModule(L.LightningModule):
     """Autoregressive image-to-video model trained with rectified flow and teacher forcing.
 
     Args:
-        dit: the denoiser (`VideoDiT`, or the pretrained `FramePackBackbone`); its
+        dit: the denoiser, a `Backbone` (`VideoDiT`, or the pretrained `FramePackBackbone`); its
             `latent_channels`/`text_dim` must match codec and text encoder.
         codec: pixels <-> latents (default: weight-free space-to-depth).
         text_encoder: captions -> tokens (default: hashed words + trainable embedding).
@@ -89,22 +90,29 @@ class VideoModule(L.LightningModule):
             check_semantic_pack(semantic_pack, dit, self.text_encoder.dim)
             dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
 
-    # ----------------------------------------------------------------- conditioning inputs
-    def encode_video(self, video: Tensor, image: Tensor | None = None) -> tuple[Tensor, int]:
-        """Pixel video [b, s, t, c, H, W] -> latents [b, s*T, c, h, w] and T latent frames/segment.
+    # ----------------------------------------------------------------- encoding
+    @property
+    def pipeline(self) -> VideoPipeline:
+        """Generation with this model's networks and its current sampler settings."""
+        hp = self.hparams
+        return VideoPipeline(
+            self.dit, self.codec, self.text_encoder, self.semantic_pack,
+            hp.sample_steps, hp.sample_shift, hp.cfg_scale,
+        )  # fmt: skip
 
-        `image` [b, 3, H, W]: the reference frame, the causal first frame of a causal VAE's clip.
-        """
-        b, s, t = video.shape[:3]
-        if t % self.codec.temporal_factor:
-            raise ValueError(
-                f"segment of {t} frames is not divisible by the codec's temporal factor "
-                f"{self.codec.temporal_factor}"
-            )
-        with torch.no_grad():
-            flat = rearrange(video, "b s t c h w -> b (s t) c h w")
-            latents = self.codec.encode_video(flat, image)
-        return latents, t // self.codec.temporal_factor
+    def encode_video(self, video: Tensor, image: Tensor | None = None) -> tuple[Tensor, int]:
+        """Pixel video [b, s, t, c, H, W] -> latents [b, s*T, c, h, w], T (`VideoPipeline`)."""
+        return self.pipeline.encode_video(video, image)
+
+    def encode_image(self, image: Tensor) -> Tensor:
+        """The reference latent [b, 1, c, h, w] of image [b, 3, H, W]."""
+        return self.pipeline.encode_image(image)
+
+    def encode_text(
+        self, captions: list[str], dropout: float = 0.0, image: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Prompt features, each caption dropped to "" with probability `dropout` (CFG)."""
+        return self.pipeline.encode_text(captions, dropout, image)
 
     def batch_latents(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
         """`encode_video` of the batch, or its pre-encoded `latents` [b, s, T, c, h, w] (cache)."""
@@ -118,60 +126,6 @@ class VideoModule(L.LightningModule):
         if "image_latent" in batch:
             return batch["image_latent"]
         return self.encode_image(batch["image"])
-
-    def encode_image(self, image: Tensor) -> Tensor:
-        with torch.no_grad():
-            return self.codec.encode(image[:, None])
-
-    def encode_text(
-        self, captions: list[str], dropout: float = 0.0, image: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """Prompt features; encoders with `reads_image` (SigLIP) also get the reference image."""
-        if dropout > 0:
-            keep = torch.rand(len(captions)) >= dropout
-            captions = [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
-        if self.text_encoder.reads_image:
-            if image is None:
-                raise ValueError(f"{type(self.text_encoder).__name__} needs the reference image")
-            return self.text_encoder(captions, image)
-        return self.text_encoder(captions)
-
-    # ----------------------------------------------------------------- long-term memory hooks
-    def init_memory(self, text: tuple[Tensor, Tensor], image: Tensor) -> Tensor | None:
-        """psi_0 from prompt features and the reference latent [b, 1, c, h, w] (Sec. 3.1).
-
-        None means no memory tokens (the FramePack-F1 baseline, `semantic_pack: null`).
-        """
-        if self.semantic_pack is None:
-            return None
-        return self.semantic_pack.init(text[0], image)
-
-    def update_memory(
-        self, psi: Tensor | None, segment: Tensor, step: int | None = None
-    ) -> Tensor | None:
-        """Eq. 1: psi_{n+1} = Squeeze(psi_n, Memorize(x^n)) for a segment [b, T, c, h, w].
-
-        `step` is n (only structure C needs it: its first update differs).
-        """
-        if self.semantic_pack is None or psi is None:
-            return psi
-        return self.semantic_pack(psi, segment, step=step)
-
-    def teacher_forced_memory(
-        self,
-        latents: Tensor,
-        frames: int,
-        segment_index: Tensor,
-        text: tuple[Tensor, Tensor],
-        image: Tensor,
-    ) -> Tensor | None:
-        """psi for each video's training segment i_b, from its ground-truth segments 0..i_b-1."""
-        psi0 = self.init_memory(text, image)
-        if psi0 is None:
-            return None
-        n = max(int(segment_index.max()), 1)
-        segments = rearrange(latents[:, : n * frames], "b (s t) c h w -> b s t c h w", t=frames)
-        return self.semantic_pack.teacher_forced(psi0, segments, segment_index)
 
     # ----------------------------------------------------------------- teacher forcing
     def flow_loss(
@@ -206,8 +160,8 @@ class VideoModule(L.LightningModule):
         batch: dict[str, Any],
         generator: torch.Generator | None = None,
         encoded: tuple[Tensor, int] | None = None,
-    ) -> tuple[Tensor, ...]:
-        """One random segment per video with its true history (stage 1).
+    ) -> tuple[Tensor, Tensor]:
+        """One random segment per video (stage 1): its latents [b, T, c, h, w] and index [b].
 
         `encoded` = batch_latents(batch) when the caller already has the latents.
         """
@@ -216,11 +170,7 @@ class VideoModule(L.LightningModule):
         u = torch.rand(num.shape, generator=generator, device="cpu").to(latents.device)
         seg = (u * num).long().clamp(max=num - 1)
         idx = seg[:, None] * frames + torch.arange(frames, device=latents.device)
-        x = latents[torch.arange(len(seg), device=latents.device)[:, None], idx]
-        keep = self.dit.history_frames  # None: full history, as long as the longest needs
-        keep = int(seg.max()) * frames if keep is None else keep
-        history = gather_history(latents, seg * frames, keep)
-        return x, seg, history, self.batch_image_latent(batch)
+        return latents[torch.arange(len(seg), device=latents.device)[:, None], idx], seg
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         seed_batch(self.trainer.fit_loop.total_batch_idx, self.global_rank)  # exact resume
@@ -240,10 +190,13 @@ class VideoModule(L.LightningModule):
     ) -> Tensor:
         """Stage-1 loss of a batch: one segment per video, true history, teacher-forced psi."""
         encoded = self.batch_latents(batch)
-        x, seg, history, image = self.teacher_forcing_batch(batch, generator, encoded)
+        x, seg = self.teacher_forcing_batch(batch, generator, encoded)
+        image = self.batch_image_latent(batch)
         text = self.encode_text(batch["caption"], prompt_dropout, batch["image"])
-        psi = self.teacher_forced_memory(*encoded, seg, text, image)
-        loss, *_ = self.flow_loss(x, seg, history, image, text, psi, generator)
+        context = MemoryPack.teacher_forced(
+            self.dit, self.semantic_pack, *encoded, seg, text, image
+        )
+        loss, *_ = self.flow_loss(x, seg, context.history, image, text, context.memory, generator)
         return loss
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
@@ -272,42 +225,6 @@ class VideoModule(L.LightningModule):
             self.log("data/skipped_videos", float(dm.num_skipped), batch_size=1)
 
     # ----------------------------------------------------------------- rollout
-    def velocity_fn(
-        self,
-        segment_index: Tensor,
-        history: Tensor,
-        image: Tensor,
-        text: tuple[Tensor, Tensor],
-        null_text: tuple[Tensor, Tensor] | None,
-        memory: Tensor | None = None,
-        null_memory: Tensor | None = None,
-    ) -> rf.VelocityFn:
-        """v(x, t) for one segment, with classifier-free guidance batched into one call.
-
-        The unconditional half reads `null_text` and `null_memory` (psi built from the empty
-        prompt, as training builds it for a dropped prompt); both are needed with a memory.
-        """
-        scale = self.hparams.cfg_scale
-        if null_text is not None and scale != 1.0 and (memory is None) != (null_memory is None):
-            raise ValueError("classifier-free guidance needs psi for both halves or for neither")
-
-        def velocity(x: Tensor, t: Tensor) -> Tensor:
-            if null_text is None or scale == 1.0:
-                return self.dit(x, t, segment_index, history, image, *text, memory=memory)
-            two = lambda a: None if a is None else torch.cat((a, a))  # noqa: E731
-            tokens = torch.cat((text[0], null_text[0]))
-            mask = torch.cat((text[1], null_text[1]))
-            psi = None if memory is None else torch.cat((memory, null_memory))
-            v = self.dit(
-                two(x), two(t), two(segment_index), two(history), two(image), tokens, mask,
-                memory=psi,
-            )  # fmt: skip
-            cond, uncond = v.chunk(2)
-            return rf.guided(cond, uncond, scale)
-
-        return velocity
-
-    @torch.no_grad()
     def generate(
         self,
         image: Tensor,
@@ -318,80 +235,17 @@ class VideoModule(L.LightningModule):
         frames_per_segment: int | None = None,
         on_segment: Callable[[int], None] | None = None,
         prefix: Tensor | None = None,
+        read_memory: bool = True,
     ) -> Tensor:
-        """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W].
-
-        Each segment is sampled from noise conditioned on the history generated so far; only
-        the last K latent frames are kept for FramePack and psi has a fixed size, so device
-        memory is constant in length (`full_history` keeps everything: its quadratic baseline).
-        `on_segment(k)` is called after segment k (the scaling benchmark times segments with it).
-
-        Video continuation: `prefix` [b, k * frames_per_segment, 3, H, W] in [-1, 1] holds the
-        first k segments of a real video. They are encoded, enter the FramePack history at their
-        true RoPE positions (segments 0..k-1) and run through SemanticPack's recurrence exactly as
-        generated segments would; segments k..num_segments-1 are generated. The returned video
-        starts with the prefix itself, so it has `num_segments` segments in all.
-        """
-        b = image.shape[0]
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        pixel_frames = frames_per_segment or getattr(dm, "segment_frames", None)
-        if pixel_frames is None:
-            raise ValueError("generate needs frames_per_segment when no datamodule is attached")
-        if pixel_frames % self.codec.temporal_factor:
-            raise ValueError(
-                f"segment of {pixel_frames} frames is not divisible by the codec's temporal factor "
-                f"{self.codec.temporal_factor}"
-            )
-        frames = pixel_frames // self.codec.temporal_factor
-        image_lat = self.encode_image(image)
-        _, _, c, h, w = image_lat.shape
-        keep = self.dit.history_frames  # None: full_history keeps the whole generated video
-        history = image_lat.new_zeros(b, keep or 0, c, h, w)
-        text = self.encode_text(list(captions), image=image)
-        null_text = (
-            self.encode_text([""] * b, image=image) if self.hparams.cfg_scale != 1.0 else None
-        )
-        psi = self.init_memory(text, image_lat)
-        # CFG's unconditional half has its own memory: psi_0 from the empty prompt, updated with
-        # the same segments (training builds psi_0 from "" for a dropped prompt too).
-        null_psi = None if null_text is None else self.init_memory(null_text, image_lat)
-        decoded = image_lat  # latent frames before the next segment, for causal VAE decoding
-
-        def remember(seg: Tensor, k: int) -> None:
-            """Segment k joins the FramePack history and both memories' recurrence (Eq. 1)."""
-            nonlocal history, psi, null_psi, decoded
-            history = torch.cat((history, seg), dim=1)
-            history = history if keep is None else history[:, -keep:]
-            psi, null_psi = self.update_memory(psi, seg, k), self.update_memory(null_psi, seg, k)
-            decoded = torch.cat((decoded, seg), dim=1)[:, -self.codec.decode_context :]
-
-        out, start = [], 0
-        if prefix is not None:
-            given = prefix.shape[1]
-            if given % pixel_frames or not 0 < given <= num_segments * pixel_frames:
-                raise ValueError(
-                    f"prefix of {given} frames must be 1..{num_segments} whole segments "
-                    f"of {pixel_frames} frames"
-                )
-            start = given // pixel_frames
-            known = self.codec.encode_video(prefix.to(image_lat), image.to(image_lat))
-            for j in range(start):  # the real segments take the place of generated ones
-                remember(known[:, j * frames : (j + 1) * frames], j)
-            out.append(to_uint8(prefix).cpu())
-        for k in tqdm(
-            range(start, num_segments), desc="rollout", disable=not progress, leave=False
-        ):
-            seg_idx = torch.full((b,), k, device=image.device, dtype=torch.long)
-            noise = torch.randn((b, frames, c, h, w), generator=generator, device=image.device)
-            v = self.velocity_fn(seg_idx, history, image_lat, text, null_text, psi, null_psi)
-            seg = rf.euler_sample(
-                v, noise.to(image_lat), self.hparams.sample_steps, shift=self.hparams.sample_shift
-            )
-            out.append(to_uint8(self.codec.decode_continuation(decoded, seg)).cpu())
-            remember(seg, k)  # the recurrence runs on what was generated
-            if on_segment is not None:
-                on_segment(k)
-        return torch.cat(out, dim=1)
+        """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W]
+        of `num_segments` segments of `frames_per_segment` pixel frames (`VideoPipeline.generate`:
+        `prefix` continues real videos, `read_memory=False` never reads psi)."""
+        if frames_per_segment is None:
+            raise ValueError("generate needs frames_per_segment (pixel frames per segment)")
+        return self.pipeline.generate(
+            image, captions, num_segments, frames_per_segment, generator, progress, on_segment,
+            prefix, read_memory,
+        )  # fmt: skip
 
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:
         """Roll out each example; a batch with `prefix_segments` k (the datamodule's
@@ -404,9 +258,12 @@ class VideoModule(L.LightningModule):
                 f"predict continues {k} real segments but rollout_segments={total} leaves "
                 f"nothing to generate: set rollout_segments > {k}"
             )
+        if "video" in batch:
+            frames = batch["video"].shape[2]
+        else:  # a latent cache's batch: T latent frames per segment
+            frames = batch["latents"].shape[2] * self.codec.temporal_factor
         video = self.generate(
-            batch["image"], batch["caption"], total, progress=True,
-            frames_per_segment=batch["video"].shape[2] if k else None,
+            batch["image"], batch["caption"], total, progress=True, frames_per_segment=frames,
             prefix=batch["video"][:, :k].flatten(1, 2) if k else None,
         )  # fmt: skip
         return {"video": video, "name": batch["name"], "caption": batch["caption"]}

@@ -17,11 +17,20 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def stage1_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 'trained' stage-1 checkpoint of the stage-2 tests' one-block model (no SemanticPack)."""
+    from tests.helpers.tiny import stage1_checkpoint
+
+    torch.manual_seed(0)
+    return stage1_checkpoint(tmp_path_factory.mktemp("stage1") / "stage1.ckpt")
+
+
 @pytest.fixture(scope="session")
 def tiny_pretrained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Tiny random HunyuanVideo / FramePack-F1 / SigLIP / Wan folders in their real layout."""
     pytest.importorskip("diffusers")
     pytest.importorskip("transformers")
-    from lightning_modules.hf_tiny import write_tiny_pretrained
+    from lightning_modules.pretrained.tiny import write_tiny_pretrained
 
     return write_tiny_pretrained(tmp_path_factory.mktemp("tiny_pretrained"))

@@ -17,6 +17,8 @@ from datamodules.video_io import read_video
 from eval.probe import main as probe_main
 from train import main
 
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -164,11 +166,15 @@ def test_generation_quality_benchmark_reads_a_trained_checkpoint(
     _, cli = trained
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     out = generation_quality(
-        ["--ckpt", ckpt, "--num_videos", "2", "--json", str(tmp_path / "q.json")]
-    )
+        ["--ckpt", ckpt, "--num_videos", "2", "--rollout_videos", "2", "--depth", "2",
+         "--json", str(tmp_path / "q.json")]
+    )  # fmt: skip
     saved = json.loads((tmp_path / "q.json").read_text())
     assert saved == json.loads(json.dumps(out))  # what main returns is what it wrote
     for key in ("reference_psnr", "next_segment_psnr", "next_segment_ssim", "copy_last_psnr"):
         assert math.isfinite(saved[key]), key
     assert math.isfinite(saved["untrained"]["next_segment_psnr"])
     assert saved["sample_steps"] == cli.model.hparams.sample_steps
+    rollout = saved["rollout"]
+    assert len(rollout["psnr_by_depth"]) == len(rollout["static_by_depth"]) == 2
+    assert rollout["rollout_videos"] == 2 and math.isfinite(rollout["grid_edge_truth"])

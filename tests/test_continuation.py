@@ -3,9 +3,9 @@ teacher forcing does (FramePack history at true positions, SemanticPack's recurr
 
 import pytest
 import torch
-from test_semantic_pack import perturb, tiny_module, tiny_pack
 
-from lightning_modules.frame_pack import gather_history
+from lightning_modules.memory_pack import MemoryPack
+from tests.helpers.tiny import perturb, tiny_module, tiny_pack
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -38,11 +38,11 @@ def test_continuation_conditions_on_the_prefix_like_teacher_forcing() -> None:
     # What teacher forcing would give segment 2 of this video: history and psi.
     latents, frames = module.encode_video(video)
     seg = torch.tensor([2])
-    history = gather_history(latents, seg * frames, module.dit.history_frames)
-    torch.testing.assert_close(calls[0]["history"], history)
-    text = module.text_encoder(["a red circle"])
-    psi = module.teacher_forced_memory(latents, frames, seg, text, module.encode_image(image))
-    torch.testing.assert_close(calls[0]["psi"], psi)
+    text, image_lat = module.text_encoder(["a red circle"]), module.encode_image(image)
+    teacher = MemoryPack.teacher_forced(module.dit, module.semantic_pack, latents, frames, seg, text,
+                                        image_lat)  # fmt: skip
+    torch.testing.assert_close(calls[0]["history"], teacher.history)
+    torch.testing.assert_close(calls[0]["psi"], teacher.memory)
 
 
 def test_continuation_changes_with_the_prefix_and_rejects_partial_segments() -> None:

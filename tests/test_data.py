@@ -142,7 +142,7 @@ def test_concurrent_generators_render_a_shared_directory_once(
 ) -> None:
     """Runs started together on one data_dir (a parallel study): one renders, the other waits
     and reuses it, instead of deleting and rewriting the videos the first is about to read."""
-    import datamodules.synthetic as synthetic
+    import datamodules.synthetic.dataset as synthetic
 
     written: list[str] = []
 

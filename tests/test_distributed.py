@@ -3,7 +3,7 @@
 The DDP run and the first FSDP2 run are launched together (they are mostly process start-up and
 rendezvous, so overlapping them halves the wall time); the FSDP2 run then resumes from its
 sharded `last.ckpt` directory. The DDP run is checked against a single-process run of the same
-global batches (`step_probe.single_process_reference`): the ranks must hold equal weights, and
+global batches (`tests/helpers/step_probe.py`): the ranks must hold equal weights, and
 those weights must be the ones one process gets from the averaged gradient of both ranks' shares.
 """
 
@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import ROOT, finish, start
-from step_probe import probes, single_process_reference
 
+from tests.helpers.launch import ROOT, finish, start
+from tests.helpers.step_probe import probes, single_process_reference
 from train import main
+
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
 
 
 def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
@@ -34,7 +36,7 @@ def command(tmp: Path, name: str, strategy: str, *extra: str) -> list[str]:
         "--trainer.accelerator=cpu",
         "--trainer.devices=2",
         "--trainer.strategy.init_args.process_group_backend=gloo",
-        "--trainer.callbacks+=step_probe.StepProbe",
+        "--trainer.callbacks+=tests.helpers.step_probe.StepProbe",
         f"--trainer.callbacks.directory={tmp / name / 'probe'}",
         *extra,
     ]  # fmt: skip
@@ -106,5 +108,5 @@ def test_fsdp1_fragment_composes_with_stage1(capsys: pytest.CaptureFixture[str])
     assert trainer["precision"] == "bf16-mixed"
     assert trainer["strategy"]["class_path"].startswith("lightning.pytorch.strategies.")
     assert trainer["strategy"]["init_args"]["auto_wrap_policy"] == [
-        "lightning_modules.dit.DiTBlock"
+        "lightning_modules.networks.dit.DiTBlock"
     ]

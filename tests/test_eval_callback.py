@@ -12,9 +12,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.data import DataLoader, TensorDataset
 
-from callbacks.rollout_eval import RolloutEvalCallback, shard_indices
+from callbacks.rollout_eval import RolloutEvalCallback
 from datamodules.video_io import read_video
 from eval.backends.registry import build_backends
+from eval.rollout import shard_indices
 from eval.video_scores import score_video
 
 FRAMES_PER_SEGMENT = 4
@@ -46,8 +47,10 @@ class _FakeVideoModule(L.LightningModule):
         captions: list[str],
         num_segments: int,
         generator: torch.Generator | None = None,
+        frames_per_segment: int | None = None,
     ) -> torch.Tensor:
         assert image.device == self.device and len(captions) == image.shape[0]
+        assert frames_per_segment == FRAMES_PER_SEGMENT  # the datamodule's, passed explicitly
         self.generate_calls += 1
         frames = [image.roll(t, dims=-1) for t in range(num_segments * FRAMES_PER_SEGMENT)]
         video = torch.stack(frames, dim=1)  # [b, T, c, h, w] in [-1, 1]
@@ -55,7 +58,7 @@ class _FakeVideoModule(L.LightningModule):
 
 
 class _FakeDataModule(L.LightningDataModule):
-    fps = 8.0
+    fps, segment_frames = 8.0, FRAMES_PER_SEGMENT
 
     def __init__(self, num_val: int = 3) -> None:
         super().__init__()
@@ -105,6 +108,16 @@ def _scalars(log_dir: Path) -> tuple[dict[str, list], list[str]]:
     return scalars, videos
 
 
+def _trainer(callback: RolloutEvalCallback, **kwargs: object) -> L.Trainer:
+    """One epoch of one train and one val batch on CPU, the callback attached."""
+    return L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+        num_sanity_val_steps=0, callbacks=[callback], enable_checkpointing=False,
+        enable_progress_bar=False, **kwargs,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
 def test_callback_logs_metrics_curves_videos_and_tables(tmp_path: Path) -> None:
     logger = TensorBoardLogger(tmp_path, name="run")
     callback = RolloutEvalCallback(
@@ -115,18 +128,7 @@ def test_callback_logs_metrics_curves_videos_and_tables(tmp_path: Path) -> None:
         num_logged_videos=1,
     )
     module, datamodule = _FakeVideoModule(), _FakeDataModule()
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        limit_test_batches=1,
-        num_sanity_val_steps=0,
-        logger=logger,
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-    )
+    trainer = _trainer(callback, logger=logger, limit_test_batches=1)
     trainer.fit(module, datamodule=datamodule)
     assert module.generate_calls == 4  # 2 videos x 2 lengths after epoch 0
     trainer.test(module, datamodule=datamodule)
@@ -186,18 +188,7 @@ def test_callback_without_pixel_videos_warns_and_skips_ground_truth(tmp_path: Pa
     datamodule = _FakeDataModule()
     for item in datamodule.val_set:
         del item["video"]  # as latent-cache items: no pixel video
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        limit_train_batches=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        callbacks=[callback],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = _trainer(callback, logger=False, default_root_dir=tmp_path)
     with pytest.warns(UserWarning, match="no ground-truth row"):
         trainer.fit(_FakeVideoModule(), datamodule=datamodule)
     (table,) = tmp_path.glob("eval_val_epoch*.csv")

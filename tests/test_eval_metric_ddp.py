@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from launch import launcher_env
 
 from eval.backends.registry import build_backends
 from eval.metric import VideoScoreMean
 from eval.video_scores import score_keys, score_video
+from tests.helpers.launch import launcher_env
+
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
 
 SPECS = {"subject": "pixel"}
 NUM_VIDEOS = 5  # odd: the two shards have different sizes

@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import nn
 
 from benchmarks.flop_count import count_flops, cuda_peak, peak_flops
+from tests.helpers.tiny import F1_PACK, tiny_dit, tiny_module, tiny_pack
 
 B, N, M, WIDTH, HEADS = 2, 12, 5, 16, 2
 D = WIDTH // HEADS
@@ -60,20 +61,37 @@ def test_counter_matches_hand_count_including_attention(precision: str) -> None:
     assert (total, attention) == hand_count()
 
 
-def test_stage1_step_counts_attention() -> None:
-    """The DiT's attention (and SemanticPack's) is a visible share of a real stage-1 step."""
-    from lightning_modules.codec import SpaceToDepthCodec
-    from lightning_modules.dit import VideoDiT
-    from lightning_modules.semantic_pack import SemanticPack
-    from lightning_modules.text_encoder import HashTextEncoder
-    from lightning_modules.video_module import VideoModule
+def stage1_attention_by_hand() -> int:
+    """Attention FLOPs of the tiny stage-1 step below: 4 h n_q n_k d per call forward (b = 1),
+    3x that when the call is differentiated (its backward is 2x)."""
+    heads, d, m = 2, 16, 4  # width 32 / 2 heads; psi's 4 tokens
 
+    def call(n_q: int, n_k: int, backward: bool = True) -> int:
+        return 4 * heads * n_q * n_k * d * (3 if backward else 1)
+
+    # DiT tokens: 16 text, 16 image (8 x 8 latent, 2 x 2 patches), FramePack-F1 context 16 (1x)
+    # + 4 (2x) + 4 (4x), 64 noisy (4 latent frames): joint attention, psi read, and psi's own
+    # stream, which the head never reads after the last (here the only) block: no backward.
+    n = 16 + 16 + 24 + 64
+    dit = call(n, n) + call(n, m) + call(m, n + m, backward=False)
+    # SemanticPack: psi_0 pools the 16 text + 16 image tokens; Memorize attends within windows of
+    # 2 latent frames (2 x 16 tokens, 2 windows per segment) and pools them to m tokens, without
+    # gradient on segment 0 (outside memory_bptt = 1), with it on segment 1; Squeeze likewise.
+    window = 2 * 16
+
+    def memorize(backward: bool) -> int:
+        return 2 * call(window, window, backward) + call(m, 2 * window, backward)
+
+    squeeze = call(m, m, backward=False) + call(m, m)
+    return dit + call(m, 32) + memorize(False) + memorize(True) + squeeze
+
+
+def test_stage1_step_counts_attention() -> None:
+    """Every attention call of a real stage-1 step (the DiT's and SemanticPack's) is counted,
+    forward and backward, exactly as by hand."""
     torch.manual_seed(0)
-    dit = VideoDiT(latent_channels=12, text_dim=16, width=32, depth=1, heads=2)
-    pack = SemanticPack(
-        latent_channels=12, text_dim=16, width=32, heads=2, memory_tokens=4, memory_bptt=1
-    )
-    module = VideoModule(dit, SpaceToDepthCodec(2), HashTextEncoder(16), semantic_pack=pack)
+    pack = tiny_pack(memory_bptt=1)
+    module = tiny_module(pack, dit=tiny_dit(depth=1, frame_pack=F1_PACK), seed=None)
     video = torch.rand(1, 3, 4, 3, 16, 16) * 2 - 1
     batch = {"video": video, "image": video[:, 0, 0], "num_segments": torch.tensor([3]),
              "caption": ["a red circle"]}  # fmt: skip
@@ -83,7 +101,8 @@ def test_stage1_step_counts_attention() -> None:
         module.teacher_forcing_loss(batch).backward()
 
     total, attention = count_flops(step)
-    assert 0.01 < attention / total < 0.9
+    assert attention == stage1_attention_by_hand()
+    assert total > attention
 
 
 @pytest.mark.parametrize(

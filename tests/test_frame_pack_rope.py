@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from lightning_modules.frame_pack import FramePackContext, gather_history
-from lightning_modules.rope import Rope3D, apply_rope, frame_indices, split_head_dim
+from lightning_modules.networks.frame_pack import FramePackContext, gather_history
+from lightning_modules.networks.rope import Rope3D, apply_rope, frame_indices, split_head_dim
+from tests.helpers.tiny import tiny_dit
 
 
 def _context_for_segment(pack: FramePackContext, k: int, frames: int = 8) -> torch.Tensor:
@@ -94,9 +95,7 @@ def test_image_at_zero_and_segments_at_absolute_positions() -> None:
 
 
 def test_image_tokens_sit_at_temporal_index_zero_in_the_dit() -> None:
-    from lightning_modules.dit import VideoDiT
-
-    dit = VideoDiT(latent_channels=4, text_dim=8, width=32, depth=1, heads=2)
+    dit = tiny_dit(latent_channels=4, text_dim=8, depth=1, frame_pack=(1, 2, 16))
     seen: list[torch.Tensor] = []  # positions of each RoPE lookup: image, context..., noisy
     orig = dit.rope.forward
     dit.rope.forward = lambda pos: seen.append(pos.reshape(1, -1, 3)) or orig(pos)  # type: ignore[method-assign]

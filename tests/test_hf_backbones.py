@@ -1,5 +1,5 @@
 """Real backbones on tiny random weights: the diffusers/transformers classes FramePack-F1 uses, loaded
-from local folders in their real layout (lightning_modules/hf_tiny.py), through the project's code.
+from local folders in their real layout (lightning_modules/pretrained/tiny.py), through the project's code.
 
 Covers: the clear error on a missing/incomplete folder, the causal VAEs (temporal factor 4) and
 their latent normalisation, the packed text/image conditioning, the backbone adapter against
@@ -15,14 +15,14 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from lightning_modules.framepack_backbone import FramePackBackbone  # noqa: E402
-from lightning_modules.hf_codecs import HunyuanVideoVAE, WanVAE  # noqa: E402
-from lightning_modules.hf_text_encoders import (  # noqa: E402
+from lightning_modules.pretrained.framepack_backbone import FramePackBackbone  # noqa: E402
+from lightning_modules.pretrained.text_encoders import (  # noqa: E402
     HunyuanTextEncoder,
     T5TextEncoder,
     unpack_conditioning,
 )
-from lightning_modules.hf_tiny import TINY  # noqa: E402
+from lightning_modules.pretrained.tiny import TINY  # noqa: E402
+from lightning_modules.pretrained.vae import HunyuanVideoVAE, WanVAE  # noqa: E402
 
 SMALL_DIT = dict(
     in_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=1,
@@ -218,7 +218,7 @@ def test_backbone_refuses_a_text_encoder_without_its_layout(
     backbone: FramePackBackbone, text_encoder: HunyuanTextEncoder
 ) -> None:
     backbone.check_text_encoder(text_encoder)
-    from lightning_modules.text_encoder import HashTextEncoder
+    from lightning_modules.networks.text_encoder import HashTextEncoder
 
     with pytest.raises(ValueError, match="pooled_dim"):
         backbone.check_text_encoder(HashTextEncoder(dim=32))

@@ -16,9 +16,12 @@ pytest.importorskip("transformers")
 
 from callbacks.video_logger import ground_truth  # noqa: E402
 from datamodules.video_dataset import VideoFolderDataset  # noqa: E402
+from lightning_modules.codecs import to_uint8  # noqa: E402
 from lightning_modules.direct_forcing import DirectForcingModule  # noqa: E402
-from lightning_modules.video_module import VideoModule, to_uint8  # noqa: E402
+from lightning_modules.video_module import VideoModule  # noqa: E402
 from train import main  # noqa: E402
+
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs/framepack_f1"
@@ -102,7 +105,7 @@ def test_checkpoint_round_trip(stage1: tuple) -> None:
         outs = []
         for m in (model, loaded):
             text = m.encode_text(["a red circle"], image=image)
-            psi = m.init_memory(text, x["image"])
+            psi = m.semantic_pack.init(text[0], x["image"])
             outs.append(m.dit(**x, text=text[0], text_mask=text[1], memory=psi))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
 
@@ -114,20 +117,14 @@ def test_rollout_of_three_segments_with_temporal_factor_4(stage1: tuple) -> None
     hook = model.dit.register_forward_pre_hook(
         lambda m, a: calls.append((a[0].shape[1], int(a[2][0]), a[3].clone())), with_kwargs=False
     )
-    update = model.update_memory
-
-    def record(psi: torch.Tensor | None, seg: torch.Tensor, step: int | None = None) -> object:
-        if psi is not None:  # the conditional psi (CFG's null psi is None at cfg_scale 1)
-            segments.append(seg)
-        return update(psi, seg, step)
-
-    model.update_memory = record
+    # Eq. 1's updates: SemanticPack(psi, segment) (only the conditional psi at cfg_scale 1)
+    update = model.semantic_pack.register_forward_pre_hook(lambda m, a: segments.append(a[1]))
     image = torch.rand(1, 3, 32, 32) * 2 - 1
     try:
         video = model.generate(image, ["a red circle"], 3, frames_per_segment=8)
     finally:
         hook.remove()
-        del model.update_memory
+        update.remove()
     assert video.shape == (1, 24, 3, 32, 32) and video.dtype == torch.uint8
     assert {n for n, _, _ in calls} == {2}  # 8 pixel frames = 2 latent frames per segment
     steps = model.hparams.sample_steps

@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from datamodules.video_datamodule import VideoDataModule
-from lightning_modules.codec import SpaceToDepthCodec
-from lightning_modules.dit import VideoDiT
+from lightning_modules.codecs import SpaceToDepthCodec
 from lightning_modules.video_module import VideoModule
+from tests.helpers.tiny import tiny_dit
 
 
 class CountingCodec(SpaceToDepthCodec):
@@ -58,7 +58,8 @@ def test_cache_reused_rebuilt_and_repaired(tmp_path: Path) -> None:
 
 
 def test_cached_batches_equal_on_the_fly_encoding(tmp_path: Path) -> None:
-    model = VideoModule(VideoDiT(width=32, depth=1, heads=2, frame_pack=(1, 2, 4)))
+    # The module's default codec (4 x 4 space-to-depth: 48 channels) and text encoder (width 128).
+    model = VideoModule(tiny_dit(latent_channels=48, text_dim=128, depth=1))
     cached, _ = prepared(tmp_path, model.codec)
     pixels = datamodule(tmp_path, cache=False)
     pixels.setup("fit")
@@ -66,6 +67,8 @@ def test_cached_batches_equal_on_the_fly_encoding(tmp_path: Path) -> None:
         assert a["name"] == b["name"]  # same shuffle order
         out_a = model.teacher_forcing_batch(a, torch.Generator().manual_seed(0))
         out_b = model.teacher_forcing_batch(b, torch.Generator().manual_seed(0))
+        out_a += (model.batch_image_latent(a),)
+        out_b += (model.batch_image_latent(b),)
         for x, y in zip(out_a, out_b, strict=True):
             torch.testing.assert_close(x, y, rtol=0, atol=0)
 

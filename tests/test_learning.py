@@ -13,30 +13,20 @@ from torch.utils.data import DataLoader
 
 from datamodules.synthetic import render_video
 from datamodules.video_dataset import collate_videos
-from lightning_modules.codec import SpaceToDepthCodec
 from lightning_modules.direct_forcing import DirectForcingModule
-from lightning_modules.dit import VideoDiT
-from lightning_modules.semantic_pack import SemanticPack
-from lightning_modules.text_encoder import HashTextEncoder
 from lightning_modules.video_module import VideoModule
+from tests.helpers.tiny import save_checkpoint, tiny_dit, tiny_pack, tiny_parts
 
 SEGMENTS, FRAMES = 2, 4
 
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]  # conftest.py
 
 
 def parts() -> dict[str, Any]:
     torch.manual_seed(0)
-    return {
-        # width 64 > the 48-d token (2x2 patches of 12 channels): the noise can pass through
-        "dit": VideoDiT(latent_channels=12, text_dim=16, width=64, depth=2, heads=2,
-                        frame_pack=(1, 2, 4), qk_norm=False),
-        "codec": SpaceToDepthCodec(patch=2),
-        "text_encoder": HashTextEncoder(dim=16),
-        "semantic_pack": SemanticPack(latent_channels=12, text_dim=16, width=64,
-                                      memory_tokens=4, heads=2),
-    }  # fmt: skip
+    # width 64 > the 48-d token (2x2 patches of 12 channels): the noise can pass through
+    return {**tiny_parts(tiny_dit(width=64, qk_norm=False)), "semantic_pack": tiny_pack(width=64)}
 
 
 def clip() -> dict[str, Any]:
@@ -82,12 +72,10 @@ def test_stage2_head_relearns_one_clip(tmp_path: Path) -> None:
     frozen backbone's features, through Direct Forcing's per-video accumulated steps."""
     stage1 = VideoModule(**parts(), lr=3e-3, warmup_steps=1, prompt_dropout=0.0)
     fit(stage1, steps=100)  # a trained backbone, as stage 2 starts from
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, accelerator="cpu")
-    trainer.strategy.connect(stage1)
-    trainer.save_checkpoint(tmp_path / "stage1.ckpt")
+    ckpt = save_checkpoint(stage1, tmp_path / "stage1.ckpt")
 
     module = DirectForcingModule(
-        init_checkpoint=str(tmp_path / "stage1.ckpt"), lr=1e-2, warmup_steps=1, prompt_dropout=0.0
+        init_checkpoint=str(ckpt), lr=1e-2, warmup_steps=1, prompt_dropout=0.0
     )
     batch = collate_videos([clip()])
     trained = clip_loss(module, batch)

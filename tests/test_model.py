@@ -1,28 +1,17 @@
 import pytest
 import torch
 
-from lightning_modules.codec import SpaceToDepthCodec
-from lightning_modules.dit import VideoDiT
-from lightning_modules.semantic_pack import SemanticPack
-from lightning_modules.text_encoder import HashTextEncoder
-from lightning_modules.video_module import VideoModule, to_uint8
+from lightning_modules.codecs import SpaceToDepthCodec, to_uint8
+from lightning_modules.memory_pack import MemoryPack
+from lightning_modules.networks.text_encoder import HashTextEncoder
+from lightning_modules.video_module import VideoModule
+from tests.helpers import tiny as helpers
+from tests.helpers.tiny import F1_PACK, tiny_batch, tiny_dit, tiny_pack
 
 
 def tiny_module(**kwargs: object) -> VideoModule:
-    dit = VideoDiT(latent_channels=12, text_dim=16, width=32, depth=2, heads=2)
-    return VideoModule(dit, SpaceToDepthCodec(patch=2), HashTextEncoder(dim=16), **kwargs)
-
-
-def tiny_batch(b: int = 3, s: int = 3, t: int = 4) -> dict:
-    torch.manual_seed(0)
-    video = torch.rand(b, s, t, 3, 16, 16) * 2 - 1
-    return {
-        "video": video,
-        "image": video[:, 0, 0],
-        "num_segments": torch.tensor([1, 3, 2][:b]),
-        "caption": ["a red circle", "a blue square", ""][:b],
-        "name": [f"v{i}" for i in range(b)],
-    }
+    """The tiny model with FramePack-F1's 19-frame history (a 3-segment rollout fits in it)."""
+    return helpers.tiny_module(dit=tiny_dit(frame_pack=F1_PACK), seed=None, **kwargs)
 
 
 def test_codec_round_trip_is_exact() -> None:
@@ -45,16 +34,17 @@ def test_text_encoder_is_deterministic_and_pads() -> None:
 
 def test_mismatched_parts_raise_clear_error() -> None:
     with pytest.raises(ValueError, match="latent_channels=48"):
-        VideoModule(
-            VideoDiT(latent_channels=48, text_dim=16), SpaceToDepthCodec(2), HashTextEncoder(16)
-        )
+        helpers.tiny_module(dit=tiny_dit(latent_channels=48))
 
 
 def test_teacher_forcing_picks_valid_segments_with_true_history() -> None:
     module = tiny_module()
     batch = tiny_batch()
-    x, seg, history, image = module.teacher_forcing_batch(batch)
+    x, seg = module.teacher_forcing_batch(batch)
     latents, frames = module.encode_video(batch["video"])
+    image = module.batch_image_latent(batch)
+    text = module.encode_text(batch["caption"])
+    history = MemoryPack.teacher_forced(module.dit, None, latents, frames, seg, text, image).history
     assert (seg < batch["num_segments"]).all() and (seg >= 0).all()
     for i, k in enumerate(seg.tolist()):
         torch.testing.assert_close(x[i], latents[i, k * frames : (k + 1) * frames])
@@ -71,8 +61,11 @@ def test_stage1_gradients_reach_every_trainable_parameter() -> None:
     for p in module.parameters():
         p.data.add_(0.01 * torch.randn_like(p))
     batch = tiny_batch()
-    x, seg, history, image = module.teacher_forcing_batch(batch)
-    loss, *_ = module.flow_loss(x, seg, history, image, module.encode_text(batch["caption"]))
+    x, seg = module.teacher_forcing_batch(batch)
+    latents, frames = module.batch_latents(batch)
+    image, text = module.batch_image_latent(batch), module.encode_text(batch["caption"])
+    history = MemoryPack.teacher_forced(module.dit, None, latents, frames, seg, text, image).history
+    loss, *_ = module.flow_loss(x, seg, history, image, text)
     loss.backward()
     no_grad = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     # Only the unused text-embedding rows lack gradient signal; every module gets a grad tensor.
@@ -101,7 +94,7 @@ def test_generate_shapes_and_cfg() -> None:
     conditions on the segments generated before it (history) and on psi updated with them; the
     unconditional half has its own psi. Everything checked by hand from the DiT's inputs/outputs."""
     torch.manual_seed(0)
-    pack = SemanticPack(latent_channels=12, text_dim=16, width=32, memory_tokens=4, heads=2)
+    pack = tiny_pack()
     module = tiny_module(cfg_scale=2.0, sample_steps=2, semantic_pack=pack).eval()
     with torch.no_grad():  # off the zero init (zero head: v = 0, zero gates: psi unread)
         for p in module.parameters():

@@ -6,7 +6,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_modules.nonfinite import NonFiniteLossError
+from lightning_modules.training.nonfinite import NonFiniteLossError
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -8,7 +8,7 @@ import torch
 
 from datamodules.synthetic import render_video
 from datamodules.video_datamodule import VideoDataModule
-from lightning_modules.codec import PatchPCACodec
+from lightning_modules.codecs import PatchPCACodec
 
 
 def frames(n: int = 8, size: int = 16) -> torch.Tensor:

@@ -1,25 +1,29 @@
 """The memory probe: the landmark shows only in the prefix and the return, its return is scored
 against the truth, and a model whose memory read-in is shut cannot know it."""
 
+import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from test_semantic_pack import perturb
 from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.rollout_eval import RolloutEvalCallback
-from datamodules.probe import LANDMARK_COLOURS, ProbeSchedule, probe_set, render_probe_video
-from datamodules.synthetic import OBJECT_COLOURS, generate_dataset
-from eval.probe import memory_probe, memory_read_shut, probe_video_scores, score_colour
-from lightning_modules.codec import SpaceToDepthCodec
-from lightning_modules.dit import VideoDiT
-from lightning_modules.semantic_pack import SemanticPack
-from lightning_modules.text_encoder import HashTextEncoder
+from datamodules.synthetic import generate_dataset
+from datamodules.synthetic.drawing import OBJECT_COLOURS
+from datamodules.synthetic.probe_scene import (
+    LANDMARK_COLOURS,
+    ProbeSchedule,
+    probe_set,
+    render_probe_video,
+)
+from eval.probe import memory_probe, probe_video_scores, score_colour
 from lightning_modules.video_module import VideoModule
+from tests.helpers.tiny import F1_PACK, perturb, tiny_dit, tiny_module, tiny_pack
 
 T = 4  # frames per segment
 F1_HISTORY = 19  # FramePack-F1's (1, 2, 16) packing at temporal factor 1
@@ -31,11 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 def probe_module(memory: bool) -> VideoModule:
     """A tiny model with F1's history window; memory gates opened so psi is read."""
     torch.manual_seed(0)
-    dit = VideoDiT(latent_channels=12, text_dim=16, width=32, depth=1, heads=2,
-                   frame_pack=(1, 2, 16))  # fmt: skip
-    pack = SemanticPack(latent_channels=12, text_dim=16, width=32, memory_tokens=4, heads=2)
-    module = VideoModule(dit, SpaceToDepthCodec(patch=2), HashTextEncoder(dim=16),
-                         pack if memory else None, sample_steps=2)  # fmt: skip
+    dit, pack = tiny_dit(depth=1, frame_pack=F1_PACK), tiny_pack()
+    module = tiny_module(pack if memory else None, dit=dit, seed=None, sample_steps=2)
     perturb(module)
     return module.eval()
 
@@ -56,7 +57,7 @@ def test_landmark_shows_only_in_the_prefix_and_the_return() -> None:
     with pytest.raises(ValueError, match="within the 19-frame history"):
         render_probe_video(11, (32, 32), T, ProbeSchedule(gap_segments=4)).check_history(19)
     with pytest.raises(ValueError, match="full_history"):
-        with_mark.check_history(None)
+        with_mark.check_history(math.inf)
 
 
 def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
@@ -77,7 +78,7 @@ def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
 
 def test_shut_memory_cannot_know_the_landmark_and_open_memory_can() -> None:
     """Two probes that differ only by the landmark, continued through the (true) gap: with the
-    read-in gates shut, or without SemanticPack, the generated return is identical, because
+    read-in gates shut (psi never read), or without SemanticPack, the generated return is identical, because
     FramePack's history no longer holds the landmark; with the gates open, psi carries it."""
     probe = render_probe_video(5, (32, 32), T)
     blank = render_probe_video(5, (32, 32), T, landmark=False)
@@ -86,20 +87,20 @@ def test_shut_memory_cannot_know_the_landmark_and_open_memory_can() -> None:
     def returns(model: VideoModule, video: torch.Tensor, shut: bool) -> torch.Tensor:
         x = video[None].float() / 127.5 - 1
         gen = torch.Generator().manual_seed(0)
-        with memory_read_shut(model) if shut else torch.no_grad():
-            out = model.generate(x[:, 0], [probe.caption], 10, gen, frames_per_segment=T,
-                                 prefix=x[:, :through_gap])  # fmt: skip
+        out = model.generate(x[:, 0], [probe.caption], 10, gen, frames_per_segment=T,
+                             prefix=x[:, :through_gap], read_memory=not shut)  # fmt: skip
         return out[0, through_gap:]
 
     module = probe_module(memory=True)
-    gates = [b.attn.memory_gate.clone() for b in module.dit.blocks]
     assert not torch.equal(
         returns(module, probe.frames, False), returns(module, blank.frames, False)
     )
     assert torch.equal(returns(module, probe.frames, True), returns(module, blank.frames, True))
-    assert all(
-        torch.equal(g, b.attn.memory_gate) for g, b in zip(gates, module.dit.blocks, strict=True)
-    )
+    shut = copy.deepcopy(module)  # `read_memory=False` is exactly the read-in gates at 0
+    with torch.no_grad():
+        for block in shut.dit.blocks:
+            block.attn.memory_gate.zero_()
+    assert torch.equal(returns(module, probe.frames, True), returns(shut, probe.frames, False))
     f1 = probe_module(memory=False)
     assert torch.equal(returns(f1, probe.frames, False), returns(f1, blank.frames, False))
     # The probe's scores with the true gap: the same cut, so both pass the same checks.

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -28,17 +30,31 @@ def test_one_step_estimate_is_exact_for_oracle_velocity() -> None:
     torch.testing.assert_close(rf.one_step_estimate(x_t, v, t), x_t + (1 - t)[:, None] * v)
 
 
-@pytest.mark.parametrize("mode", ["uniform", "logit_normal", "shifted"])
-def test_timestep_sampling_in_unit_interval(mode: str) -> None:
-    t = rf.sample_timesteps(10_000, mode, generator=torch.Generator().manual_seed(0))
-    assert t.shape == (10_000,) and t.min() >= 0 and t.max() <= 1
+def test_timestep_sampling_follows_each_distribution_exactly() -> None:
+    """Each mode is its formula on the same draws: u ~ U(0, 1); logit-normal sigmoid(m + s z)
+    with z drawn after u; shifted 1 - shift (1 - u) / (1 + (shift - 1)(1 - u)) (SD3)."""
+    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    u, draws = torch.rand(1000, generator=gen()), gen()
+    u2, z2 = torch.rand(1000, generator=draws), torch.randn(1000, generator=draws)
+    assert torch.equal(rf.sample_timesteps(1000, "uniform", generator=gen()), u)
+    logit = rf.sample_timesteps(
+        1000, "logit_normal", logit_mean=0.5, logit_std=2.0, generator=gen()
+    )
+    assert torch.equal(logit, torch.sigmoid(z2 * 2.0 + 0.5)) and torch.equal(u2, u)
+    shifted = rf.sample_timesteps(1000, "shifted", shift=3.0, generator=gen())
+    assert torch.equal(shifted, 1 - 3.0 * (1 - u) / (1 + 2.0 * (1 - u)))
 
 
 def test_shifted_sampling_spends_more_time_near_noise() -> None:
-    gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    plain = rf.sample_timesteps(10_000, "uniform", generator=gen())
-    shifted = rf.sample_timesteps(10_000, "shifted", shift=3.0, generator=gen())
-    assert shifted.mean() < plain.mean() - 0.1
+    """Shift 3 maps t to 1 - 3s / (1 + 2s), s = 1 - t: below t everywhere inside (0, 1), so
+    its mean over uniform u is 1 - 3 E[s / (1 + 2 s)] = 3 ln(3) / 4 - 1/2 (0.324 < 1/2)."""
+    shifted = rf.sample_timesteps(
+        200_000, "shifted", shift=3.0, generator=torch.Generator().manual_seed(0)
+    )
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    assert (shifted <= u).all() and (shifted[(u > 0) & (u < 1)] < u[(u > 0) & (u < 1)]).all()
+    expected = 3 * math.log(3) / 4 - 0.5
+    assert shifted.double().mean().item() == pytest.approx(expected, abs=3e-3)
 
 
 def test_bad_mode_and_steps_raise() -> None:

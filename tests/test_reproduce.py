@@ -15,6 +15,8 @@ from PIL import Image
 from experiments.budgets import BUDGETS, VARIANTS
 from experiments.reproduce import main, run_dir
 
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
+
 NAMES = [v.name for v in VARIANTS]
 
 

@@ -11,7 +11,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 
+from tests.helpers.callbacks import Crash
 from train import main
+
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 6  # 2 batches per epoch (4 videos, batch 2): the step-3 checkpoint is mid-epoch 1
@@ -25,17 +28,6 @@ class LossRecorder(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.losses[trainer.global_step] = float(outputs["loss"])
-
-
-class Crash(L.Callback):
-    """Dies after the step that reaches `at` (before that step's checkpoint is written)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        if trainer.global_step >= self.at:
-            raise RuntimeError("simulated crash")
 
 
 def run(tmp: Path, name: str, ckpt: Path | None, callbacks: list[L.Callback]) -> None:

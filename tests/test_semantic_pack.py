@@ -1,16 +1,13 @@
 """SemanticPack (Sec. 3.1, Eq. 1, App. A.1): fixed-size memory, gradients, gate, rollout cost."""
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
-from lightning_modules.codec import SpaceToDepthCodec
-from lightning_modules.dit import VideoDiT
-from lightning_modules.semantic_pack import SemanticPack
-from lightning_modules.text_encoder import HashTextEncoder
-from lightning_modules.video_module import VideoModule, to_uint8
+from lightning_modules.codecs import to_uint8
+from lightning_modules.video_module import VideoModule
+from tests.helpers.tiny import perturb, tiny_module, tiny_pack
 from train import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,28 +15,6 @@ M = 4  # memory tokens
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
-
-
-def tiny_pack(**kwargs: Any) -> SemanticPack:
-    return SemanticPack(
-        latent_channels=12, text_dim=16, width=32, memory_tokens=M, heads=2, **kwargs
-    )
-
-
-def tiny_module(pack: SemanticPack | None = None, **kwargs: Any) -> VideoModule:
-    torch.manual_seed(0)
-    dit = VideoDiT(
-        latent_channels=12, text_dim=16, width=32, depth=2, heads=2, frame_pack=(1, 2, 4),
-        context=kwargs.pop("context", "framepack"),
-    )  # fmt: skip
-    return VideoModule(dit, SpaceToDepthCodec(patch=2), HashTextEncoder(dim=16), pack, **kwargs)
-
-
-def perturb(module: torch.nn.Module) -> None:
-    """adaLN-Zero, the zero head and the zero gates block gradients at exact init."""
-    torch.manual_seed(1)
-    for p in module.parameters():
-        p.data.add_(0.05 * torch.randn_like(p))
 
 
 def batch_with_late_segments(module: VideoModule) -> tuple[dict, torch.Generator]:
@@ -260,7 +235,7 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
 
 def test_mismatched_width_raises_clear_error() -> None:
     with pytest.raises(ValueError, match="semantic_pack.width=64"):
-        tiny_module(SemanticPack(latent_channels=12, text_dim=16, width=64))
+        tiny_module(tiny_pack(width=64))
 
 
 def record_dit_calls(module: VideoModule) -> list[dict[str, torch.Tensor]]:

@@ -2,7 +2,7 @@
 
 The stage-1 checkpoint is made once, in-process, through the CLI (single process); both stage-2
 runs then start from it, overlapped as in test_distributed.py. Each rank records its batches with
-`tests/step_probe.py`: the curriculum must hand both ranks videos of one length per step (or a
+`tests/helpers/step_probe.py`: the curriculum must hand both ranks videos of one length per step (or a
 rank would wait in the gradient all-reduce for segments the other never runs), and under DDP
 the trainable weights must stay bitwise equal across ranks (the once-per-step reduction ran) and
 equal those of a single-process run of the same global batches (`single_process_reference`:
@@ -13,11 +13,14 @@ and averaged over ranks, clipped, one step per batch).
 import sys
 from pathlib import Path
 
+import pytest
 import torch
-from launch import ROOT, finish, start
-from step_probe import probes, single_process_reference
 
+from tests.helpers.launch import ROOT, finish, start
+from tests.helpers.step_probe import probes, single_process_reference
 from train import main
+
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
 
 STEPS = 4  # grow_every=1: steps 1-3 run 2-segment videos, step 4 a 3-segment one
 
@@ -53,7 +56,7 @@ def command(tmp: Path, name: str, strategy: str, ckpt: Path, *extra: str) -> lis
         "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
         f"--trainer.callbacks.dirpath={tmp / name / 'ckpt'}",
         "--trainer.callbacks.save_last=true",
-        "--trainer.callbacks+=step_probe.StepProbe",
+        "--trainer.callbacks+=tests.helpers.step_probe.StepProbe",
         f"--trainer.callbacks.directory={tmp / name / 'probe'}",
         "--trainer.accelerator=cpu",
         "--trainer.devices=2",

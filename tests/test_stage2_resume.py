@@ -12,7 +12,10 @@ from pathlib import Path
 import lightning as L
 import pytest
 
+from tests.helpers.callbacks import Crash
 from train import main
+
+pytestmark = pytest.mark.slow  # CLI runs / multi-process launches
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 8  # 4 one-video batches per epoch: the step-5 checkpoint is mid-epoch 1
@@ -30,17 +33,6 @@ class StepRecorder(L.Callback):
         row = (float(m["train/loss"]), int(m["train/segments"]))
         drawn = int(batch["num_segments"].max())
         self.rows[trainer.global_step] = (*row, int(m["train/curriculum_max_segments"]), drawn)
-
-
-class Crash(L.Callback):
-    """Dies after the step that reaches `at` (before that step's checkpoint is written)."""
-
-    def __init__(self, at: int) -> None:
-        self.at = at
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        if trainer.global_step >= self.at:
-            raise RuntimeError("simulated crash")
 
 
 def common(tmp: Path, name: str, tiny: str = "tiny.yaml") -> list[str]:

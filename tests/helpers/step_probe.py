@@ -101,7 +101,7 @@ def single_process_reference(
     `rank_loss(module, batch, scale)` backpropagates `scale` x one rank's loss of a step (called
     right after that rank's `seed_batch`); the trainable weights after the last step are returned.
     """
-    from lightning_modules.step_seed import seed_batch
+    from lightning_modules.training.step_seed import seed_batch
 
     state = torch.load(directory / "weights_rank0_start.pt")
     params = dict(module.named_parameters())

@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_modules.hf_loading import (
+from lightning_modules.networks.text_encoder import TextEncoder
+from lightning_modules.pretrained.folders import (
     IMAGE_PROCESSOR,
     TOKENIZER,
     TRANSFORMERS_MODEL,
@@ -40,7 +41,6 @@ from lightning_modules.hf_loading import (
     freeze,
     load_transformers,
 )
-from lightning_modules.text_encoder import TextEncoder
 
 # HunyuanVideo's prompt template (diffusers' pipeline_hunyuan_video_framepack DEFAULT_PROMPT_TEMPLATE);
 # its first 95 LLaMA-3 tokens (everything before the caption) are cropped from the features.

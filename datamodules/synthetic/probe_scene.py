@@ -27,16 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from datamodules.synthetic import (
-    BACKGROUND_COLOURS,
-    OBJECT_COLOURS,
-    PATTERNS,
-    SHAPES,
-    _article,
-    _background,
-    _bounce,
-    _shape_distance,
-)
+import datamodules.synthetic.drawing as drawing
+from datamodules.synthetic.drawing import BACKGROUND_COLOURS, OBJECT_COLOURS
 
 __all__ = ["LANDMARK_COLOURS", "ProbeSchedule", "ProbeVideo", "probe_set", "render_probe_video"]
 
@@ -116,10 +108,11 @@ class ProbeVideo:
             if int(self.visible[f].sum()) >= full
         ]
 
-    def check_history(self, history_frames: int | None) -> None:
+    def check_history(self, history_frames: float) -> None:
         """Raise unless every frame showing the landmark before the return is outside the
-        history (`history_frames` pixel frames) of the segment in which it comes back."""
-        if history_frames is None:
+        history (`history_frames` pixel frames; inf: every frame) of the segment in which it
+        comes back."""
+        if math.isinf(history_frames):
             raise ValueError(
                 "the memory probe needs a bounded history; full_history context keeps every "
                 "frame, so the landmark never leaves it"
@@ -132,7 +125,7 @@ class ProbeVideo:
         first_segment_start = (after[0] // self.segment_frames) * self.segment_frames
         if before[-1] >= first_segment_start - history_frames:
             raise ValueError(
-                f"landmark last shown at frame {before[-1]} is within the {history_frames}-frame "
+                f"landmark last shown at frame {before[-1]} is within the {history_frames:g}-frame "
                 f"history of frame {first_segment_start}: lengthen ProbeSchedule.gap_segments"
             )
 
@@ -166,27 +159,26 @@ def render_probe_video(
 
     scale = min(h, w) / 32.0
     bg_name = str(rng.choice(list(BACKGROUND_COLOURS)))
-    pattern = str(rng.choice(PATTERNS))
+    pattern = str(rng.choice(drawing.PATTERNS))
     t = np.arange(num_frames, dtype=np.float32)[:, None, None]
     ys = (np.arange(h, dtype=np.float32) + 0.5)[None, :, None]
     xs = (np.arange(w, dtype=np.float32) + 0.5)[None, None, :]
     low, high = (np.asarray(c, dtype=np.float32) for c in BACKGROUND_COLOURS[bg_name])
     offset = rng.uniform(0, 1000)
-    value = _background(rng, pattern, xs + offset, ys + offset, scale)[..., None]
+    value = drawing.background(rng, pattern, xs + offset, ys + offset, scale)[..., None]
     frames = np.broadcast_to(low + (high - low) * value, (num_frames, h, w, 3)).copy()
 
-    obj_shape = str(rng.choice(SHAPES))
+    obj_shape = str(rng.choice(drawing.SHAPES))
     obj_colour = str(rng.choice([c for c in OBJECT_COLOURS if c != bg_name]))
     obj_radius = rng.uniform(0.12, 0.16) * min(h, w)
     speed, angle = rng.uniform(0.6, 1.4) * scale, rng.uniform(0, 2 * math.pi)
-    cy = _bounce(rng.uniform(obj_radius, h - obj_radius), speed * math.sin(angle), obj_radius,
-                 h - obj_radius, t)  # fmt: skip
-    cx = _bounce(rng.uniform(obj_radius, w - obj_radius), speed * math.cos(angle), obj_radius,
-                 w - obj_radius, t)  # fmt: skip
-    obj_alpha = np.clip(0.5 - _shape_distance(obj_shape, ys - cy, xs - cx, obj_radius), 0, 1)
+    y0, x0 = rng.uniform(obj_radius, h - obj_radius), rng.uniform(obj_radius, w - obj_radius)
+    cy = drawing.bounce(y0, speed * math.sin(angle), obj_radius, h - obj_radius, t)
+    cx = drawing.bounce(x0, speed * math.cos(angle), obj_radius, w - obj_radius, t)
+    obj_alpha = np.clip(0.5 - drawing.shape_distance(obj_shape, ys - cy, xs - cx, obj_radius), 0, 1)
     frames += obj_alpha[..., None] * (np.asarray(OBJECT_COLOURS[obj_colour], np.float32) - frames)
 
-    mark_dist = _shape_distance(shape, ys - ly, xs - lx, radius)[0]  # [h, w], static
+    mark_dist = drawing.shape_distance(shape, ys - ly, xs - lx, radius)[0]  # [h, w], static
     mark_alpha = np.clip(0.5 - mark_dist, 0, 1)[None, ..., None] * float(landmark)
     frames += mark_alpha * (np.asarray(OBJECT_COLOURS[colour], np.float32) - frames)
 
@@ -203,7 +195,7 @@ def render_probe_video(
     video = torch.from_numpy(np.clip(np.rint(frames), 0, 255).astype(np.uint8))
     side = "right" if left else "left"
     caption = (
-        f"{_article(obj_colour)} {obj_colour} {obj_shape} bounces over a {pattern} {bg_name} "
+        f"{drawing.article(obj_colour)} {obj_colour} {obj_shape} bounces over a {pattern} {bg_name} "
         f"background while a dark shutter slides {side} and back"
     )
     return ProbeVideo(

@@ -3,20 +3,25 @@
 Offline tools (`benchmarks/generation_quality.py`, `python -m eval.probe`) take a checkpoint of stage
 1 (`VideoModule`) or stage 2 (`DirectForcingModule`). `VideoModule.load_from_checkpoint` cannot
 read a stage-2 checkpoint: its hyperparameters name no `dit` (stage 2 rebuilds its architecture
-from `init_checkpoint`, see `stage1_checkpoint.py`), so the class must be the one LightningCLI
+from `init_checkpoint`, see `training/stage1.py`), so the class must be the one LightningCLI
 recorded (`_class_path`). A stage-2 checkpoint thus needs its `init_checkpoint` file, as a resumed
-stage-2 run does.
+stage-2 run does. Checkpoints written before the sub-packages existed load too (their class paths
+are renamed, `training/checkpoints.py`).
 """
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from lightning_modules.direct_forcing import DirectForcingModule
+from lightning_modules.training.checkpoints import read_checkpoint, upgrade_class_paths
 from lightning_modules.video_module import VideoModule
+
+__all__ = ["load_module", "module_class", "read_checkpoint"]
 
 CLASSES: dict[str, type[VideoModule]] = {
     f"{cls.__module__}.{cls.__qualname__}": cls for cls in (VideoModule, DirectForcingModule)
@@ -33,9 +38,13 @@ def module_class(checkpoint: dict[str, Any]) -> type[VideoModule]:
     return CLASSES[path]
 
 
-def load_module(checkpoint: dict[str, Any], strict: bool = True) -> VideoModule:
-    """`checkpoint` (a loaded dict) as its own module class, on CPU."""
+def load_module(checkpoint: dict[str, Any] | str | Path, strict: bool = True) -> VideoModule:
+    """`checkpoint` (a loaded dict or a file) as its own module class, on CPU."""
+    if isinstance(checkpoint, (str, Path)):
+        checkpoint = read_checkpoint(checkpoint)
+    upgrade_class_paths(checkpoint)
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
     buffer.seek(0)
-    return module_class(checkpoint).load_from_checkpoint(buffer, map_location="cpu", strict=strict)
+    cls = module_class(checkpoint)  # the checkpoint was unpickled in full already (networks)
+    return cls.load_from_checkpoint(buffer, map_location="cpu", strict=strict, weights_only=False)

@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from lightning_modules.rope import Rope3D, apply_rope, grid_positions
+from lightning_modules.networks.attention import attend
+from lightning_modules.networks.rope import Rope3D, apply_rope, grid_positions
 
 Structure = Literal["A", "B", "C"]
 PsiInit = Literal["semantic", "zero"]
@@ -52,8 +53,7 @@ class MultiHeadAttention(nn.Module):
         k = self.k_norm(k)
         if rotation is not None:
             q, k = apply_rope(q, rotation), apply_rope(k, rotation)
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.proj(rearrange(out, "b h m d -> b m (h d)"))
+        return self.proj(rearrange(attend(q, k, v), "b h m d -> b m (h d)"))
 
 
 def learned_tokens(n: int, width: int) -> nn.Parameter:

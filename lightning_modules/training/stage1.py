@@ -12,14 +12,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import ArgumentParser
 from torch import Tensor, nn
 
-from lightning_modules.codec import LatentCodec, SpaceToDepthCodec
-from lightning_modules.framepack_backbone import Backbone
-from lightning_modules.semantic_pack import SemanticPack
-from lightning_modules.text_encoder import HashTextEncoder, TextEncoder
+from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
+from lightning_modules.networks.backbone import Backbone
+from lightning_modules.networks.semantic_pack import SemanticPack
+from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
+from lightning_modules.training.checkpoints import read_checkpoint
 
 Plain = int | float | str | bool | None
 # The networks a stage-1 VideoModule is built from, with the type each must have.
@@ -33,7 +33,7 @@ PARTS: dict[str, Any] = {
 DEFAULTS = {"codec": SpaceToDepthCodec, "text_encoder": HashTextEncoder}
 
 
-def read_checkpoint(path: str) -> dict[str, Any]:
+def read_stage1_checkpoint(path: str) -> dict[str, Any]:
     """The stage-1 checkpoint as a dict (a clear error if the file is missing)."""
     file = Path(path)
     if not file.is_file():
@@ -42,12 +42,7 @@ def read_checkpoint(path: str) -> dict[str, Any]:
             "train stage 1 first (python train.py fit --config configs/stage1.yaml) and point "
             "model.init_args.init_checkpoint at its last.ckpt"
         )
-    # A full unpickle, as Lightning's own `--ckpt_path` does: a stage-1 run outside the CLI stores
-    # its networks in the hyperparameters. Only load checkpoints you trust.
-    ckpt = torch.load(file, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"init_checkpoint {path!r} is not a checkpoint dict")
-    return ckpt
+    return read_checkpoint(file)
 
 
 def instantiate(config: Mapping[str, Any], base: type[nn.Module]) -> nn.Module:

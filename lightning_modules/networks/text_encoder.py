@@ -4,7 +4,7 @@ Interface (what a real text model wrapper must provide, e.g. a LLaMA/T5 encoder 
 path and kept frozen): `forward(captions: list[str]) -> (tokens [b, n, dim], mask [b, n] bool)`
 with a fixed n, and the attribute `dim`. The empty caption "" is the unconditional prompt used by
 classifier-free guidance. An encoder that also reads the reference image (FramePack's SigLIP
-features, lightning_modules/hf_text_encoders.py) sets `reads_image = True` and is called as
+features, lightning_modules/pretrained/text_encoders.py) sets `reads_image = True` and is called as
 `forward(captions, image [b, 3, H, W] in [-1, 1])`; its image tokens join the text tokens.
 """
 

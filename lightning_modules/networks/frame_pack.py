@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from lightning_modules.rope import Rope3D, grid_positions
+from lightning_modules.networks.rope import Rope3D, grid_positions
 
 PATCH_1X = (1, 2, 2)
 PATCH_2X = (2, 4, 4)
@@ -29,6 +29,17 @@ def gather_history(latents: Tensor, start: Tensor, frames: int) -> Tensor:
     return padded[torch.arange(b, device=latents.device)[:, None], idx]
 
 
+def check_frame_pack(counts: tuple[int, int, int]) -> tuple[int, int, int]:
+    """History latent frames at (1x, 2x, 4x), validated: each >= 0, and whole 2x / 4x groups."""
+    n1, n2, n4 = counts
+    if min(counts) < 0 or n2 % PATCH_2X[0] or n4 % PATCH_4X[0]:
+        raise ValueError(
+            f"frame_pack counts (1x, 2x, 4x) = {tuple(counts)} must be >= 0 with the 2x count a "
+            f"multiple of {PATCH_2X[0]} and the 4x count a multiple of {PATCH_4X[0]}"
+        )
+    return n1, n2, n4
+
+
 class FramePackContext(nn.Module):
     """Packs history latents [b, K, c, h, w] into a fixed number of context tokens."""
 
@@ -36,13 +47,7 @@ class FramePackContext(nn.Module):
         self, latent_channels: int, width: int, counts: tuple[int, int, int] = (1, 2, 16)
     ) -> None:
         super().__init__()
-        n1, n2, n4 = counts
-        if min(counts) < 0 or n2 % PATCH_2X[0] or n4 % PATCH_4X[0]:
-            raise ValueError(
-                f"frame_pack counts (1x, 2x, 4x) = {counts} must be >= 0 with the 2x count a "
-                f"multiple of {PATCH_2X[0]} and the 4x count a multiple of {PATCH_4X[0]}"
-            )
-        self.counts = (n1, n2, n4)
+        self.counts = check_frame_pack(counts)
         self.proj_1x = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
         self.proj_2x = nn.Conv3d(latent_channels, width, PATCH_2X, stride=PATCH_2X)
         self.proj_4x = nn.Conv3d(latent_channels, width, PATCH_4X, stride=PATCH_4X)

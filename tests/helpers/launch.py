@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TIMEOUT = 240
 
 # An in-process DDP run earlier in the session (test_direct_forcing) leaves MASTER_PORT etc. in
@@ -20,8 +20,8 @@ def launcher_env() -> dict[str, str]:
 
 
 def start(cmd: list[str], log: Path) -> subprocess.Popen:
-    """Run `cmd` from the checkout root; tests/ is importable too (for `step_probe`)."""
-    path = os.pathsep.join((str(ROOT), str(ROOT / "tests")))
+    """Run `cmd` from the checkout root (`tests.helpers.step_probe` importable)."""
+    path = str(ROOT)
     env = {**launcher_env(), "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 

@@ -5,7 +5,7 @@ classes (HunyuanVideo/Wan VAEs, LLaMA, CLIP-L, SigLIP, UMT5, the FramePack-F1 tr
 on a CPU in seconds, with no download: the tests and `configs/framepack_f1/small.yaml` use them.
 The weights are random; only the architecture and the folder layout are real.
 
-    python -m lightning_modules.hf_tiny data/tiny_pretrained
+    python -m lightning_modules.pretrained.tiny data/tiny_pretrained
 
 writes `hunyuan/` (vae, text_encoder, tokenizer, text_encoder_2, tokenizer_2), `framepack/`
 (the transformer, at the root as in FramePack's release), `siglip/` (image_encoder, feature_extractor) and `wan/` (vae, text_encoder,
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_modules.hf_loading import import_hf
+from lightning_modules.pretrained.folders import import_hf
 
 # Architecture of the tiny stand-ins (configs/framepack_f1/small.yaml repeats these numbers).
 TINY = {
@@ -117,7 +117,7 @@ def write_tiny_pretrained(root: str | Path, seed: int = 0) -> Path:
         relative_attention_num_buckets=4, pad_token_id=0, eos_token_id=3,
     )  # fmt: skip
     transformers.UMT5EncoderModel(t5).save_pretrained(root / "wan/text_encoder")
-    done.write_text("tiny random stand-ins written by lightning_modules/hf_tiny.py\n")
+    done.write_text("tiny random stand-ins written by lightning_modules/pretrained/tiny.py\n")
     return root
 
 

@@ -13,19 +13,22 @@ same blocks, and the other tokens read it through a separate softmax scaled by a
 per-head gate that starts at zero, so enabling SemanticPack leaves the output of a trained
 FramePack-F1 model unchanged at step 0. `context="full_history"` replaces FramePack's packed
 context by every previous latent frame at 1x: the quadratic baseline the paper argues against.
+`VideoDiT` implements the `Backbone` contract (networks/backbone.py), as the pretrained
+FramePack-F1 adapter does.
 """
 
 import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_modules.frame_pack import PATCH_1X, FramePackContext
-from lightning_modules.rope import (
+from lightning_modules.networks.attention import attend, read_memory
+from lightning_modules.networks.backbone import Backbone, ContextMode
+from lightning_modules.networks.frame_pack import PATCH_1X, FramePackContext
+from lightning_modules.networks.rope import (
     Rope3D,
     RopeLayout,
     apply_rope,
@@ -55,11 +58,8 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
-ContextMode = Literal["framepack", "full_history"]
-
-
 class Attention(nn.Module):
-    """Joint self-attention with (optional) QK-RMSNorm and RoPE, via F.scaled_dot_product_attention.
+    """Joint self-attention with (optional) QK-RMSNorm and RoPE (networks/attention.py).
 
     QK-RMSNorm (as in HunyuanVideo/FramePack) bounds every logit by sqrt(head_dim) times the
     norms' weights, which start at 1: a small model trained briefly cannot sharpen attention
@@ -95,15 +95,14 @@ class Attention(nn.Module):
     ) -> tuple[Tensor, Tensor | None]:
         q, k, v = self.heads_of(x)
         q, k = apply_rope(q, rotation), apply_rope(k, rotation)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attend(q, k, v)
         if memory is None:
             return self.proj(rearrange(out, "b h n d -> b n (h d)")), None
         if self.memory_gate is None:
             raise ValueError("memory tokens were given but this DiT has no memory gates")
         qm, km, vm = self.heads_of(memory)  # psi is not rotated: it has no place in space-time
-        read = F.scaled_dot_product_attention(q, km, vm)
-        out = out + self.memory_gate[:, None, None] * read
-        mem = F.scaled_dot_product_attention(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
+        out = read_memory(out, q, km, vm, self.memory_gate)
+        mem = attend(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
         merge = "b h n d -> b n (h d)"
         return self.proj(rearrange(out, merge)), self.proj(rearrange(mem, merge))
 
@@ -156,7 +155,7 @@ class OutputHead(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class VideoDiT(nn.Module):
+class VideoDiT(Backbone):
     """Autoregressive image-to-video DiT with FramePack-F1 context and a slot for memory tokens.
 
     Args:
@@ -184,7 +183,7 @@ class VideoDiT(nn.Module):
         frame_pack: tuple[int, int, int] = (1, 2, 16),
         rope_layout: RopeLayout = "absolute",
         rope_theta: float = 10000.0,
-        context: ContextMode = "framepack",
+        context: Literal["framepack", "full_history"] = "framepack",
         qk_norm: bool = True,
         grad_checkpointing: bool = False,
     ) -> None:
@@ -193,9 +192,10 @@ class VideoDiT(nn.Module):
             raise ValueError(f"unknown context {context!r}; expected 'framepack' or 'full_history'")
         self.latent_channels = latent_channels
         self.width = width
-        self.context_mode = context
+        self.context_mode = ContextMode(context)
         self.rope_layout = rope_layout
         self.grad_checkpointing = grad_checkpointing
+        self.patch = PATCH_1X
         self.x_embed = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
         self.context = FramePackContext(latent_channels, width, frame_pack)
         self.text_proj = nn.Linear(text_dim, width)
@@ -218,9 +218,9 @@ class VideoDiT(nn.Module):
             raise ValueError(f"text encoder width {encoder.dim} != dit.text_dim {self.text_dim}")
 
     @property
-    def history_frames(self) -> int | None:
-        """History latent frames the DiT reads; None = all of them (`full_history`)."""
-        return None if self.context_mode == "full_history" else self.context.history_frames
+    def history_frames(self) -> int:
+        """Latent frames of the FramePack window (`full_history` reads every frame instead)."""
+        return self.context.history_frames
 
     def enable_memory(self) -> None:
         """Add the zero-initialised per-head memory-read gates (one per block), once."""
@@ -252,7 +252,7 @@ class VideoDiT(nn.Module):
 
         # Visual tokens and their RoPE tables at (t, h, w): image | context | noisy.
         img_tok, img_rot = self.context.embed(image, zero_t, 1, self.rope)
-        if self.context_mode == "framepack":
+        if self.context_mode == ContextMode.FRAMEPACK:
             ctx_tok, ctx_rot = self.context(history, hist_t, self.rope)
         elif history.shape[1]:  # full history: every previous latent frame, uncompressed
             ctx_tok, ctx_rot = self.context.embed(history, hist_t, 1, self.rope)
@@ -294,7 +294,7 @@ class VideoDiT(nn.Module):
     def tokens_per_segment(self, frames: int, h: int, w: int, text_tokens: int) -> int:
         """Sequence length seen per segment (without memory tokens): constant in video length
         for `framepack`; `full_history` adds (h/2)(w/2) tokens per history frame instead."""
-        if self.context_mode == "full_history":
+        if self.context_mode == ContextMode.FULL_HISTORY:
             raise ValueError("full_history has no fixed token budget per segment")
         noisy = frames * (h // 2) * (w // 2)
         image = (h // 2) * (w // 2)

@@ -1,7 +1,7 @@
 """Real video VAEs behind the `LatentCodec` contract: HunyuanVideo's and Wan's causal 3D VAEs.
 
 Both compress 8x in space and 4x in time, causally: 1 + 4k pixel frames become 1 + k latent
-frames, the first latent encoding the first frame alone. `codec.py` explains how segments map onto
+frames, the first latent encoding the first frame alone. `codecs/base.py` explains how segments map onto
 that (the reference image is the causal first frame of every encoded clip). Latents are
 normalised as the pipelines that trained on them do:
 
@@ -25,8 +25,8 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from lightning_modules.codec import LatentCodec
-from lightning_modules.hf_loading import (
+from lightning_modules.codecs.base import LatentCodec
+from lightning_modules.pretrained.folders import (
     DIFFUSERS_MODEL,
     DType,
     check_folder,
@@ -118,7 +118,7 @@ class HunyuanVideoVAE(DiffusersVideoVAE):
 
     Its GroupNorms span time, so a frame's latent depends a little on the frames after it: the
     image latent is encoded alone (as FramePack does at inference), the clip with the image in
-    front (see `codec.py`).
+    front (see `codecs/base.py`).
     """
 
     vae_class = "AutoencoderKLHunyuanVideo"

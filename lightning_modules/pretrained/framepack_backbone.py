@@ -1,5 +1,5 @@
 """The pretrained FramePack-F1 transformer as the MemoryPack denoiser (Sec. 4.1: "We adopt
-Framepack-F1 as the backbone model"), with the same contract as `VideoDiT`.
+Framepack-F1 as the backbone model"): a `Backbone` (networks/backbone.py), as `VideoDiT` is.
 
 `FramePackBackbone` wraps diffusers' `HunyuanVideoFramepackTransformer3DModel` (HunyuanVideo's
 dual-stream + single-stream MM-DiT, 13B) and runs its own submodules, so that:
@@ -15,12 +15,13 @@ dual-stream + single-stream MM-DiT, 13B) and runs its own submodules, so that:
   gate (`GatedMemoryAttnProcessor`): the video tokens' joint attention output becomes
   out + g * softmax(q K_psi^T) V_psi, with K_psi, V_psi from the block's own text-stream
   projections of LayerNorm(psi). At g = 0 the output is the pretrained model's, bit for bit.
+  Attention and the gated read are the project's one attention path (networks/attention.py).
 
 Conventions: the model is trained with sigma = 1 - t as noise level (timestep 1000 sigma) and
 predicts eps - x; the wrapper returns the velocity x - eps of `rectified_flow.py`. FramePack-F1 is
 guidance-distilled: `distilled_guidance` (10 in FramePack) feeds its guidance embedder. Text comes
 from `HunyuanTextEncoder` (LLaMA tokens, CLIP pooled and SigLIP image features packed in one
-tensor, see `hf_text_encoders.py`).
+tensor, see `text_encoders.py`).
 """
 
 from __future__ import annotations
@@ -35,17 +36,18 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_modules.dit import VideoDiT
-from lightning_modules.frame_pack import PATCH_2X, PATCH_4X
-from lightning_modules.hf_loading import (
+from lightning_modules.networks.attention import attend, read_memory
+from lightning_modules.networks.backbone import Backbone
+from lightning_modules.networks.frame_pack import check_frame_pack
+from lightning_modules.networks.rope import RopeLayout, frame_indices
+from lightning_modules.pretrained.folders import (
     DIFFUSERS_MODEL,
     DType,
     check_folder,
     import_hf,
     torch_dtype,
 )
-from lightning_modules.hf_text_encoders import unpack_conditioning
-from lightning_modules.rope import RopeLayout, frame_indices
+from lightning_modules.pretrained.text_encoders import unpack_conditioning
 
 MODEL_CLASS = "HunyuanVideoFramepackTransformer3DModel"
 
@@ -70,13 +72,8 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 class GatedMemoryAttnProcessor:
     """HunyuanVideo's joint attention (diffusers `HunyuanVideoAttnProcessor2_0`) with per-sample
-    RoPE and the zero-gated read of memory tokens; set on every dual- and single-stream block."""
-
-    def __init__(self) -> None:
-        import_hf("diffusers")
-        from diffusers.models.attention_dispatch import dispatch_attention_fn
-
-        self.dispatch = dispatch_attention_fn
+    RoPE and the zero-gated read of memory tokens; set on every dual- and single-stream block.
+    Tokens are [b, n, heads, d] as in diffusers; attention runs on [b, heads, n, d]."""
 
     def __call__(
         self,
@@ -106,35 +103,36 @@ class GatedMemoryAttnProcessor:
         else:
             qt, kt, vt = q[:, n_video:], k[:, n_video:], v[:, n_video:]
             v = v[:, :n_video]
-        out = self.dispatch(
-            torch.cat((q_video, qt), 1), torch.cat((k_video, kt), 1), torch.cat((v, vt), 1),
-            attn_mask=attention_mask, dropout_p=0.0, is_causal=False,
+        hnd = lambda y: y.transpose(1, 2)  # noqa: E731  [b, n, h, d] <-> [b, h, n, d]
+        out = attend(
+            hnd(torch.cat((q_video, qt), 1)), hnd(torch.cat((k_video, kt), 1)),
+            hnd(torch.cat((v, vt), 1)), attention_mask,
         ).to(q.dtype)  # fmt: skip
-        video, text = out[:, :n_video], out[:, n_video:]
+        video, text = out[:, :, :n_video], out[:, :, n_video:]
         if rope.memory is not None:
-            read = self.read_memory(attn, q_video, rope.memory)
-            video = video + attn.memory_gate[:, None] * read
-        video, text = video.flatten(2, 3), text.flatten(2, 3)
+            km, vm = self.memory_keys(attn, rope.memory.to(q_video.dtype))
+            video = read_memory(video, hnd(q_video), hnd(km), hnd(vm), attn.memory_gate)
+        video, text = hnd(video).flatten(2, 3), hnd(text).flatten(2, 3)
         if dual:
             video = attn.to_out[1](attn.to_out[0](video))
             text = attn.to_add_out(text)
         return video, text
 
-    def read_memory(self, attn: nn.Module, q_video: Tensor, memory: Tensor) -> Tensor:
-        """softmax(q K_psi^T) V_psi per head, psi through the block's text-stream key/value."""
+    @staticmethod
+    def memory_keys(attn: nn.Module, memory: Tensor) -> tuple[Tensor, Tensor]:
+        """K_psi, V_psi [b, m, heads, d]: LayerNorm(psi) through the block's text-stream key and
+        value projections (the single-stream blocks share one set)."""
         if getattr(attn, "memory_gate", None) is None:
             raise ValueError("memory tokens were given but this backbone has no memory gates")
-        psi = F.layer_norm(memory.to(q_video.dtype), memory.shape[-1:], eps=1e-6)
+        psi = F.layer_norm(memory, memory.shape[-1:], eps=1e-6)
         heads = lambda y: y.unflatten(2, (attn.heads, -1))  # noqa: E731
         if attn.add_k_proj is not None:
-            km, vm = attn.norm_added_k(heads(attn.add_k_proj(psi))), heads(attn.add_v_proj(psi))
-        else:
-            km, vm = attn.norm_k(heads(attn.to_k(psi))), heads(attn.to_v(psi))
-        return self.dispatch(q_video, km, vm, dropout_p=0.0, is_causal=False).to(q_video.dtype)
+            return attn.norm_added_k(heads(attn.add_k_proj(psi))), heads(attn.add_v_proj(psi))
+        return attn.norm_k(heads(attn.to_k(psi))), heads(attn.to_v(psi))
 
 
-class FramePackBackbone(nn.Module):
-    """FramePack-F1 (HunyuanVideo MM-DiT) behind `VideoDiT`'s forward contract.
+class FramePackBackbone(Backbone):
+    """FramePack-F1 (HunyuanVideo MM-DiT) behind the `Backbone` contract.
 
     Args:
         pretrained_dir: folder holding `<subfolder>/config.json` and the diffusers weights (the
@@ -175,12 +173,7 @@ class FramePackBackbone(nn.Module):
         dtype: DType = "float32",
     ) -> None:
         super().__init__()
-        n1, n2, n4 = frame_pack
-        if min(frame_pack) < 0 or n2 % PATCH_2X[0] or n4 % PATCH_4X[0]:
-            raise ValueError(
-                f"frame_pack (1x, 2x, 4x) = {tuple(frame_pack)} must be >= 0 with the 2x count a "
-                f"multiple of {PATCH_2X[0]} and the 4x count a multiple of {PATCH_4X[0]}"
-            )
+        n1, n2, n4 = check_frame_pack(frame_pack)
         if rope_layout not in ("absolute", "relative"):
             raise ValueError(f"unknown rope layout {rope_layout!r}; expected absolute or relative")
         arch = {
@@ -194,6 +187,7 @@ class FramePackBackbone(nn.Module):
             "image_condition_type": None, "has_image_proj": image_tokens > 0,
             "image_proj_dim": image_proj_dim, "has_clean_x_embedder": True,
         }  # fmt: skip
+        self.patch = (arch["patch_size_t"], arch["patch_size"], arch["patch_size"])
         diffusers = import_hf("diffusers")
         cls = getattr(diffusers, MODEL_CLASS)
         if pretrained_dir is None:
@@ -216,7 +210,6 @@ class FramePackBackbone(nn.Module):
         self.latent_channels = in_channels
         self.width = num_attention_heads * attention_head_dim
         self.text_dim = text_embed_dim
-        self.context_mode = "framepack"
         processor = GatedMemoryAttnProcessor()
         for block in self.blocks:
             block.attn.set_processor(processor)
@@ -235,7 +228,7 @@ class FramePackBackbone(nn.Module):
                 "config.json (set these to the folder's values): " + "; ".join(wrong)
             )
 
-    # ------------------------------------------------------------------ VideoDiT's attributes
+    # ------------------------------------------------------------------ the Backbone contract
     @property
     def blocks(self) -> list[nn.Module]:
         """The dual- then single-stream blocks: the FSDP2, compile and checkpointing unit."""
@@ -246,7 +239,7 @@ class FramePackBackbone(nn.Module):
         return sum(self.counts)
 
     def check_text_encoder(self, encoder: nn.Module) -> None:
-        """The conditioning must be packed as this model reads it (`hf_text_encoders.py`)."""
+        """The conditioning must be packed as this model reads it (`text_encoders.py`)."""
         want = {"dim": self.text_dim, "pooled_dim": self.model.config.pooled_projection_dim,
                 "image_tokens": self.image_tokens}  # fmt: skip
         if self.image_tokens:
@@ -310,7 +303,7 @@ class FramePackBackbone(nn.Module):
         text_mask: Tensor,
         memory: Tensor | None = None,
     ) -> Tensor:
-        """Velocity [b, T, c, h, w] for noisy [b, T, c, h, w] at t [b] (see `VideoDiT.forward`).
+        """Velocity [b, T, c, h, w] for noisy [b, T, c, h, w] at t [b] (see `Backbone.forward`).
 
         history [b, K, c, h, w] the K = sum(frame_pack) latent frames before the segment, oldest
         first (zeros where the video has none); image [b, 1, c, h, w] the reference latent;
@@ -382,6 +375,3 @@ class FramePackBackbone(nn.Module):
         groups = (n4 // 4) * math.ceil(gh / 4) * math.ceil(gw / 4)
         groups += (n2 // 2) * math.ceil(gh / 2) * math.ceil(gw / 2)
         return text_tokens + (1 + n1 + frames) * gh * gw + groups
-
-
-Backbone = VideoDiT | FramePackBackbone
