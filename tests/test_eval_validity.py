@@ -149,6 +149,19 @@ def test_on_photographs_niqe_ranks_clean_first_and_verified_flow_sees_motion_und
         ), (fn, strength)
 
 
+def test_niqe_scores_larger_photographs_at_their_own_resolution() -> None:
+    skimage_data = pytest.importorskip("skimage.data", reason="photographs from scikit-image")
+    frame = torch.from_numpy(skimage_data.retina()[400:1000, 300:1100].copy())
+    video = frame.permute(2, 0, 1)[None].contiguous()  # 600x800: above VBench's 512 cap
+    live = NiqeQuality("live")
+    clean = float(live.scores(video)[0])
+    # Resized to 512 first, the noise is averaged away and rated *above* clean (0.544 vs 0.513).
+    assert float(live.scores(deg.gaussian_noise(video, 15.0))[0]) < clean - 0.1
+    assert (
+        float(NiqeQuality("live", max_side=512).scores(deg.gaussian_noise(video, 15.0))[0]) > clean
+    )
+
+
 def test_run_checks_uses_baselines_and_skips_unavailable_roles() -> None:
     videos = [_clean(500), _clean(501)]
     checks = [
