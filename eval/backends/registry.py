@@ -52,13 +52,13 @@ ROLES = tuple(DEFAULT_SPECS)
 FOOTAGE_SPECS: dict[str, str] = DEFAULT_SPECS | {"imaging": "niqe", "aesthetic": UNAVAILABLE}
 # backend name -> where `benchmarks/metric_validity.py` found it valid (README validity table).
 DOMAINS: dict[str, str] = {
-    "effnet_lite0": "renders + real footage (blind to blocky noise on renders)",
+    "effnet_lite0": "renders + real footage (blind to blocky noise)",
     "pixel": "renders + real footage (blind to a global colour drift)",
     "colorfulness": "renders only for colour loss; rises with noise in both domains",
     "laplacian": "neither (rises with noise)",
-    "niqe_synthetic": "renders only (rates blur and JPEG up on real footage)",
-    "niqe": "real footage only (rates noise, blur and JPEG up on flat renders)",
-    "opencv_dis_verified": "renders + real footage",
+    "niqe_synthetic": "renders only (rates blur, JPEG and H.264 up on real footage)",
+    "niqe": "real footage only (rates noise, blur, JPEG and H.264 up on flat renders)",
+    "opencv_dis_verified": "renders + real footage (misses motion under sigma-40 noise on tiny renders)",
     "opencv_farneback_verified": "not measured",
     "opencv_dis": "renders + real footage for smoothness; counts flicker as motion",
     "opencv_farneback": "not measured; counts flicker as motion",
