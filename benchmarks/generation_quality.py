@@ -92,9 +92,14 @@ def long_held_out(dm: VideoDataModule, count: int, segments: int, seed: int) -> 
 
 def print_rollout(r: dict[str, Any]) -> None:
     print(f"\nrollouts ({int(r['rollout_videos'])} videos, continued from 1 true segment)")
-    print(f"{'depth':<8}{'model dB':>10}{'static dB':>11}{'margin':>9}")
-    for d, (g, s) in enumerate(zip(r["psnr_by_depth"], r["static_by_depth"], strict=True)):
-        print(f"{d + 1:<8}{g:>10.2f}{s:>11.2f}{g - s:>+9.2f}")
+    print(f"{'depth':<7}{'model dB':>9}{'static':>8}{'margin':>8}{'true hist':>10}"
+          f"{'grid edge':>10}{'(truth)':>8}{'flow share':>11}{'(truth)':>8}")  # fmt: skip
+    true = r.get("true_history_by_depth") or [float("nan")] * len(r["psnr_by_depth"])
+    for d, g in enumerate(r["psnr_by_depth"]):
+        s = r["static_by_depth"][d]
+        print(f"{d + 1:<7}{g:>9.2f}{s:>8.2f}{g - s:>+8.2f}{true[d]:>10.2f}"
+              f"{r['grid_edge_by_depth'][d]:>10.2f}{r['grid_edge_by_depth_truth'][d]:>8.2f}"
+              f"{r['flow_share_by_depth'][d]:>11.3f}{r['flow_share_by_depth_truth'][d]:>8.3f}")  # fmt: skip
     print(f"{'figure':<22}{'model':>10}{'truth':>10}{'ratio':>8}")
     for key in ("flow_share", "dynamic_fraction", "grid_edge_first", "grid_edge"):
         g, t = r[key], r[key + "_truth"]
@@ -113,6 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--rollout_videos", type=int, default=16, help="0: no rollout figures")
     parser.add_argument("--depth", type=int, default=6, help="generated segments per rollout")
     parser.add_argument("--seed", type=int, default=0, help="noise and held-out video seed")
+    parser.add_argument("--no_true_history", action="store_true",
+                        help="skip sampling each depth from the true history (halves the cost)")  # fmt: skip
     args = parser.parse_args(argv)
 
     checkpoint = read_checkpoint(args.ckpt)
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results[name] = scores
         if name == "trained" and args.rollout_videos:
             long = long_held_out(dm, args.rollout_videos, 1 + args.depth, args.seed)
-            rollout = rollout_quality(model, long, frames, args.depth, seed=args.seed)
+            rollout = rollout_quality(model, long, frames, args.depth, seed=args.seed,
+                                      true_history=not args.no_true_history)  # fmt: skip
     out: dict[str, Any] = {**results["trained"], "checkpoint": args.ckpt}
     if "untrained" in results:
         out["untrained"] = results["untrained"]

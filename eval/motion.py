@@ -24,7 +24,7 @@ from torch import Tensor
 from eval.backends.opencv_flow import OpenCVFlow
 from eval.formulas import dynamic_fraction, dynamic_threshold, top5_mean
 
-__all__ = ["MOTION_KEYS", "grid_edge", "motion_scores"]
+__all__ = ["MOTION_KEYS", "grid_edge", "motion_scores", "pair_motion"]
 
 MOTION_KEYS = ("flow_share", "dynamic_fraction", "grid_edge")
 
@@ -47,12 +47,13 @@ def grid_edge(frames: Tensor, grid: int) -> float:
     return float(on / off.clamp(min=1e-12))
 
 
-def motion_scores(
-    frames: Tensor, grid: int, flow: OpenCVFlow | None = None, min_flow: float = 0.5
-) -> dict[str, float]:
-    """`flow_share`, `dynamic_fraction` and `grid_edge` of uint8 frames [T, 3, H, W], T >= 2."""
+def pair_motion(
+    frames: Tensor, flow: OpenCVFlow | None = None, min_flow: float = 0.5
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per consecutive pair of uint8 frames [T, 3, H, W]: the share of pixels with verified flow
+    longer than `min_flow` pixels, and the top-5% mean verified flow (both [T - 1])."""
     if frames.ndim != 4 or frames.shape[0] < 2:
-        raise ValueError(f"motion_scores needs >= 2 frames [T, 3, H, W], got {tuple(frames.shape)}")
+        raise ValueError(f"pair_motion needs >= 2 frames [T, 3, H, W], got {tuple(frames.shape)}")
     flow = flow or OpenCVFlow("dis", verified=True)
     rgb = frames.permute(0, 2, 3, 1).contiguous().numpy()
     share, top = [], []
@@ -60,9 +61,17 @@ def motion_scores(
         magnitude = flow.flow_magnitude(a, b)
         share.append(float((magnitude > min_flow).mean()))
         top.append(top5_mean(magnitude))
+    return np.asarray(share), np.asarray(top)
+
+
+def motion_scores(
+    frames: Tensor, grid: int, flow: OpenCVFlow | None = None, min_flow: float = 0.5
+) -> dict[str, float]:
+    """`flow_share`, `dynamic_fraction` and `grid_edge` of uint8 frames [T, 3, H, W], T >= 2."""
+    share, top = pair_motion(frames, flow, min_flow)
     threshold = dynamic_threshold(*frames.shape[-2:])
     return {
-        "flow_share": float(np.mean(share)),
-        "dynamic_fraction": dynamic_fraction(torch.tensor(top), threshold),
+        "flow_share": float(share.mean()),
+        "dynamic_fraction": dynamic_fraction(torch.from_numpy(top), threshold),
         "grid_edge": grid_edge(frames, grid),
     }

@@ -126,7 +126,8 @@ def test_memory_probe_runs_offline_on_a_checkpoint(trained: tuple[Path, object])
     tmp, cli = trained
     out = tmp / "probe.json"
     ckpt = cli.trainer.checkpoint_callback.last_model_path
-    probe_main(["--ckpt", ckpt, "--num_videos", "2", "--json", str(out)])
+    with pytest.warns(UserWarning, match="num_videos 2 < 4: psi_decodability skipped"):
+        probe_main(["--ckpt", ckpt, "--num_videos", "2", "--json", str(out)])
     scores = json.loads(out.read_text())
     assert scores["videos"] == 2 and scores["chance"] == 1 / 8 and scores["oracle"] == 1.0
     assert 0 <= scores["memory"] <= 1 and 0 <= scores["memory_gates_shut"] <= 1

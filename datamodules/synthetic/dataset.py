@@ -106,6 +106,7 @@ def generate_dataset(
     )
     if probe_train:  # only when used: datasets written before the option stay valid
         args["probe_train"] = probe_train
+        args["probe_focus"] = True  # probe lines name their return segment (`focus_segment`)
     # Processes sharing a data_dir (a parallel study, several runs started at once) render it
     # once: the first holds the lock while it renders, the others then find it complete.
     root.mkdir(parents=True, exist_ok=True)
@@ -146,7 +147,10 @@ def generate_dataset(
             probe = render_probe_video(2 * int(rng.integers(2**30)), size, segment_frames)  # even
             relative = f"videos/train_probe_{index:05d}.mp4"
             write_video(root / relative, probe.frames, fps)
-            lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train"}))
+            focus = probe.schedule.prefix_segments + probe.schedule.gap_segments  # the return
+            lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train",
+                                     "focus_segment": focus,
+                                     "focus_memory": probe.schedule.prefix_segments}))  # fmt: skip
 
         tmp = metadata.with_name(metadata.name + ".tmp")
         tmp.write_text("\n".join(lines) + "\n")
