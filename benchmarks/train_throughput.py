@@ -1,7 +1,7 @@
 """Training throughput: tokens/s, samples/s, MFU and HFU of the shipped stage-1 and stage-2 steps.
 
-    PYTHONPATH=. python benchmarks/train_throughput.py                 # CPU: fp32, demo sizes, 1 thread
-    PYTHONPATH=. python benchmarks/train_throughput.py --precision bf16 --width 1024 --depth 8 \
+    python -m benchmarks.train_throughput                 # CPU: fp32, demo sizes, 1 thread
+    python -m benchmarks.train_throughput --precision bf16 --width 1024 --depth 8 \
         --resolution 128 128 --segment_frames 8 --json out.json        # CUDA: card's bf16 peak
 
 The model is the shipped stage-1 model, built from `--config` (default configs/stage1.yaml,
