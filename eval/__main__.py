@@ -9,6 +9,11 @@ Example: `python -m eval runs/rollouts --backends subject=dino_vitb16:/ckpt/dino
 generated ones imitate), each decoded at the scored videos' fps, resized and centre-cropped to their
 size and cut to the longest scored video's frame count (a shorter one contributes all it has), so
 both rows are measured alike.
+
+A file that cannot be opened or decoded is skipped with a warning naming it (training skips such
+files too) and counted at the end; a degenerate video (too short for the dynamic-degree rule, or
+flat frames: `eval/degenerate.py`) gets a row that says so, with no scores, and stays out of the
+MEAN. The same holds for the reference videos.
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from pathlib import Path
 
+import torch
+
 from eval.backends.registry import ROLES, build_backends
+from eval.degenerate import degenerate_reason
 from eval.results_table import format_markdown, write_results_table
 from eval.video_scores import score_keys, score_video
 
@@ -74,29 +83,67 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--reference: no .mp4 files in {args.reference}")
     from datamodules.video_io import probe_video, read_video  # PyAV decode shared with training
 
+    unreadable: list[str] = []  # names of the files skipped, reported at the end
+    degenerate: list[str] = []
+
+    def decode(path: Path, label: str, **kwargs: object) -> tuple[torch.Tensor, float] | None:
+        """(frames, fps), or None after a warning naming the file that cannot be read."""
+        try:
+            fps = args.fps or kwargs.get("fps") or probe_video(path)[1]
+            return read_video(path, **kwargs), float(fps)  # type: ignore[arg-type]
+        except (RuntimeError, ValueError, OSError) as err:
+            warnings.warn(f"skipping unreadable video {path}: {err}", stacklevel=2)
+            unreadable.append(label)
+            return None
+
     backends = build_backends(_parse_specs(args.backends), device=args.device)
     keys = score_keys(backends)
-    rows = []
+    nan = dict.fromkeys(keys, math.nan)
+    rows: list[tuple[dict[str, str], dict[str, float]]] = []
+    scored: list[dict[str, float]] = []
     longest, size, first_fps = 0, (0, 0), 0.0
     for path in videos:
-        fps = args.fps or probe_video(path)[1]
-        frames = read_video(path)
-        if not rows:
+        if (decoded := decode(path, path.name)) is None:
+            continue
+        frames, fps = decoded
+        if not scored and not degenerate:
             size, first_fps = (frames.shape[-2], frames.shape[-1]), fps
+        if (reason := degenerate_reason(frames, fps)) is not None:
+            warnings.warn(f"not scoring {path}: {reason}", stacklevel=1)
+            degenerate.append(path.name)
+            rows.append(({"video": path.name, "status": reason}, nan))
+            continue
         longest = max(longest, frames.shape[0])
-        rows.append(({"video": path.name}, score_video(frames, backends, fps=fps)))
-    rows.append(({"video": "MEAN"}, _mean([s for _, s in rows], keys)))
+        scored.append(score_video(frames, backends, fps=fps))
+        rows.append(({"video": path.name, "status": "scored"}, scored[-1]))
+    if not rows:
+        raise SystemExit(f"no readable .mp4 files in {args.folder} ({len(unreadable)} unreadable)")
+    rows.append(({"video": "MEAN", "status": f"{len(scored)} scored"}, _mean(scored, keys)))
     if references:
-        truth = [
-            score_video(read_video(path, fps=first_fps, size=size)[:longest], backends, first_fps)
-            for path in references
-        ]
-        rows.append(({"video": f"ground truth ({len(truth)} videos)"}, _mean(truth, keys)))
+        truth = []
+        for path in references:
+            label = f"{args.reference.name}/{path.name}"
+            if (decoded := decode(path, label, fps=first_fps, size=size)) is None:
+                continue
+            frames = decoded[0][: longest or None]
+            if (reason := degenerate_reason(frames, first_fps)) is not None:
+                warnings.warn(f"--reference: not scoring {path}: {reason}", stacklevel=1)
+                degenerate.append(label)
+                continue
+            truth.append(score_video(frames, backends, first_fps))
+        if not truth:
+            raise SystemExit(f"--reference: no scorable .mp4 files in {args.reference}")
+        label = f"ground truth ({len(truth)} videos)"
+        rows.append(({"video": label, "status": f"{len(truth)} scored"}, _mean(truth, keys)))
 
     csv_path = args.csv or args.folder / "scores.csv"
     written = write_results_table(rows, csv_path.parent, stem=csv_path.stem)
     sys.stdout.write(format_markdown(rows))
     sys.stdout.write(f"\nwrote {written} and {written.with_suffix('.md')}\n")
+    if unreadable:
+        sys.stdout.write(f"skipped {len(unreadable)} unreadable: {', '.join(unreadable)}\n")
+    if degenerate:
+        sys.stdout.write(f"not scored, degenerate: {len(degenerate)}: {', '.join(degenerate)}\n")
     return 0
 
 
