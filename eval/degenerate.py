@@ -17,7 +17,7 @@ import torch
 from eval.formulas import dynamic_stride
 from eval.preprocess import check_frames
 
-__all__ = ["FLAT_STD", "MIN_FLOW_FRAMES", "degenerate_reason"]
+__all__ = ["FLAT_STD", "MIN_FLOW_FRAMES", "degenerate_reason", "reason_for", "spatial_std"]
 
 MIN_FLOW_FRAMES = 3  # smallest T' with round(4 T' / 16) >= 1: the rule can then say "static"
 # Spatial standard deviation (grey levels, 0..255) below which a frame counts as one colour: the
@@ -25,21 +25,31 @@ MIN_FLOW_FRAMES = 3  # smallest T' with round(4 T' / 16) >= 1: the rule can then
 FLAT_STD = 1.0
 
 
-def degenerate_reason(frames: torch.Tensor, fps: float) -> str | None:
-    """Why the uint8 video [T, 3, H, W] at `fps` cannot be scored, or None when it can."""
-    check_frames(frames, "degenerate_reason")
+def spatial_std(frames: torch.Tensor) -> float:
+    """Largest spatial standard deviation over the frames and channels of uint8 [T, 3, H, W]
+    (a chunk of a stream: the video's is the max over its chunks)."""
+    return float(frames.double().flatten(2).std(dim=2).amax())
+
+
+def reason_for(num_frames: int, spread: float, fps: float) -> str | None:
+    """Why a video of `num_frames` at `fps` whose largest `spatial_std` is `spread` cannot be
+    scored, or None when it can."""
     stride = dynamic_stride(fps)
-    num = frames.shape[0]
-    sampled = len(range(0, num, stride))
+    sampled = len(range(0, num_frames, stride))
     if sampled < MIN_FLOW_FRAMES:
         return (
-            f"too short: {num} frames ({sampled} at the flow stride {stride}; "
+            f"too short: {num_frames} frames ({sampled} at the flow stride {stride}; "
             f"dynamic degree needs {MIN_FLOW_FRAMES})"
         )
-    spread = frames.double().flatten(2).std(dim=2).amax()  # max over frames and channels
-    if float(spread) < FLAT_STD:
+    if spread < FLAT_STD:
         return (
-            f"flat: every frame one colour (spatial std {float(spread):.2f} < {FLAT_STD}), "
+            f"flat: every frame one colour (spatial std {spread:.2f} < {FLAT_STD}), "
             "no motion possible"
         )
     return None
+
+
+def degenerate_reason(frames: torch.Tensor, fps: float) -> str | None:
+    """Why the uint8 video [T, 3, H, W] at `fps` cannot be scored, or None when it can."""
+    check_frames(frames, "degenerate_reason")
+    return reason_for(frames.shape[0], spatial_std(frames), fps)

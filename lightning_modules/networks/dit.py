@@ -195,6 +195,7 @@ class VideoDiT(Backbone):
         self.context_mode = ContextMode(context)
         self.rope_layout = rope_layout
         self.grad_checkpointing = grad_checkpointing
+        self.patch = PATCH_1X
         self.x_embed = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
         self.context = FramePackContext(latent_channels, width, frame_pack)
         self.text_proj = nn.Linear(text_dim, width)
