@@ -1,18 +1,11 @@
 """Long-rollout evaluation (paper Sec. 4.2) during training: VBench-style metrics + Eq. 8 drift.
 
-Every `every_n_epochs` validation epochs (and at `test`) the held-out videos of
-`trainer.datamodule.val_set` are rolled out at several lengths (in segments), their ground truth
-and (`probe_videos` > 0) the memory probe are scored by `eval/rollout.py`, which also documents the
-metrics and the DDP / FSDP sharding; this callback chooses when, and logs: `eval/<length>/<metric>`
-scalars (`.../ground_truth/...` for the true videos, with `fraction_shorter`), `eval/probe/<key>`,
-per-segment curves as scalars `eval_curve/<length>/<metric>/seg<kk>` at the global step (so
-evaluations add points instead of overwriting each other) and as a figure `eval_curve/<length>`,
-a few rollouts as TensorBoard videos beside their ground truth, every rollout as mp4 and a Tab.
-1-style results table. Files are named by stage and step (`eval_val_step0002880.md`; outside
-`fit`, by the checkpoint's run and step: `eval_test_stage1_version_0_step0002880.md`) and never
-overwrite an earlier evaluation's. `results` and `curves` keep the last evaluation's numbers
-(`experiments/reproduce.py` reads them). A progress bar follows the rollouts (rank 0, when the
-trainer shows one).
+Every `every_n_epochs` validation epochs (and at `test`) the held-out videos are rolled out at
+several lengths (segments); `eval/rollout.py` scores them, their ground truth and the memory probe
+(and documents the metrics and the DDP / FSDP sharding). This callback chooses when and logs
+`eval/<length>/<metric>`, `eval/<length>/ground_truth/...`, `eval/probe/<key>` and a Tab. 1-style
+table; curves, videos, file names and the progress bar are `callbacks/rollout_logging.py`'s.
+`results` and `curves` keep the last evaluation's numbers (`experiments/reproduce.py` reads them).
 """
 
 from __future__ import annotations
@@ -21,14 +14,10 @@ import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
-import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from callbacks.run_paths import model_step, run_label
-from callbacks.tensorboard import RESULT_METRICS, curve_figure, layout, tensorboard_writer
-from callbacks.video_logger import ground_truth
-from datamodules.video_io import write_video
+from callbacks.rollout_logging import evaluation_tag, log_curves, progress_bar, video_writer
+from callbacks.run_paths import model_step
+from callbacks.tensorboard import RESULT_METRICS, layout
 from eval import rollout
 from eval.backends.registry import BackendSet, build_backends
 from eval.results_table import write_results_table
@@ -77,8 +66,7 @@ class RolloutEvalCallback(L.Callback):
         self.evaluate(trainer, pl_module, stage="val")
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Always at `trainer.test`, regardless of `every_n_epochs`."""
-        self.evaluate(trainer, pl_module, stage="test")
+        self.evaluate(trainer, pl_module, stage="test")  # always, whatever every_n_epochs
 
     def backends(self) -> BackendSet:
         """The metric backends, built on first use (no model loading at construction)."""
@@ -112,9 +100,9 @@ class RolloutEvalCallback(L.Callback):
         shard = rollout.shard_indices(count, trainer.global_rank, trainer.world_size)
         out_dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
         step = model_step(trainer, pl_module)
-        tag = trainer.strategy.broadcast(self._tag(trainer, stage, step, out_dir))
+        tag = trainer.strategy.broadcast(evaluation_tag(trainer, stage, step, out_dir))
         rows, was_training = [], pl_module.training
-        bar = self._progress_bar(trainer, len(shard))
+        bar = progress_bar(trainer, len(shard) * sum(self.lengths.values()))
         pl_module.eval()
         try:
             for name, segments in self.lengths.items():
@@ -122,11 +110,11 @@ class RolloutEvalCallback(L.Callback):
                 got = rollout.rollout_scores(
                     pl_module, rollout.pick_examples(val_set, shard), segments, dm.segment_frames,
                     backends, float(dm.fps), self.seed,
-                    self._video_writer(trainer, pl_module, name, videos, step),
+                    video_writer(trainer, pl_module, name, videos, step, self.num_logged_videos),
                     on_segment=None if bar is None else lambda _: bar.update(1),
                 )  # fmt: skip
                 self._log(pl_module, f"eval/{name}", got.scores)
-                self._log_curves(trainer, name, got.curves, step)
+                log_curves(trainer, name, got.curves, step)
                 self.results[name], self.curves[name] = got.scores, got.curves
                 rows.append(({"model": type(pl_module).__name__, "length": name}, got.scores))
                 if (name, segments) not in self._ground_truth:  # the data do not change
@@ -155,72 +143,7 @@ class RolloutEvalCallback(L.Callback):
         if trainer.is_global_zero:
             write_results_table(rows, out_dir, stem=f"eval_{tag}")
 
-    def _tag(self, trainer: L.Trainer, stage: str, step: int, out_dir: Path) -> str:
-        """`val_step0002880`; outside fit the checkpoint's run is named too; `-2`, `-3`, ... when
-        an evaluation of the same name is already in `out_dir`."""
-        run = "" if stage == "val" else f"{run_label(trainer.ckpt_path)}_"
-        tag = base = f"{stage}_{run}step{step:07d}"
-        n = 1
-        while (out_dir / f"eval_{tag}.csv").exists() or (out_dir / "rollouts" / tag).exists():
-            n += 1
-            tag = f"{base}-{n}"
-        return tag
-
-    def _progress_bar(self, trainer: L.Trainer, shard: int) -> tqdm | None:
-        """A bar over every segment this rank generates (rank 0, if the trainer shows bars)."""
-        if not trainer.is_global_zero or trainer.progress_bar_callback is None:
-            return None
-        total = shard * sum(self.lengths.values())
-        return tqdm(total=total, desc="rollout evaluation", unit="segment", leave=False)
-
-    def _log_curves(
-        self, trainer: L.Trainer, name: str, curves: dict[str, list[float]], step: int
-    ) -> None:
-        """Per-segment scalars at the global step (one tag per segment) and a figure."""
-        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
-        if writer is None:
-            return
-        for metric, values in curves.items():
-            short = metric.partition("@")[0]
-            for segment, value in enumerate(values):
-                writer.add_scalar(f"eval_curve/{name}/{short}/seg{segment:02d}", value, step)
-        writer.add_figure(f"eval_curve/{name}", curve_figure(curves, f"{name}, step {step}"), step)
-
     @staticmethod
     def _log(pl_module: L.LightningModule, prefix: str, scores: dict[str, float]) -> None:
         for key, value in scores.items():
             pl_module.log(f"{prefix}/{key}", value, rank_zero_only=False)
-
-    def _video_writer(
-        self,
-        trainer: L.Trainer,
-        pl_module: L.LightningModule,
-        name: str,
-        directory: Path,
-        step: int,
-    ) -> rollout.OnVideo:
-        """Writes each counted rollout of this rank as mp4; rank 0 also logs the first
-        `num_logged_videos` to TensorBoard beside their ground truth (rollout left, truth right)."""
-        fps, logged = float(trainer.datamodule.fps), [0]
-        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
-
-        def write(index: int, frames: torch.Tensor) -> None:
-            write_video(directory / f"video{index:04d}.mp4", frames, fps)
-            if writer is not None and logged[0] < self.num_logged_videos:
-                truth = ground_truth(trainer.datamodule.val_set[index], pl_module)
-                pair = beside(frames, truth)
-                writer.add_video(f"rollout/{name}/{index:04d}", pair[None], step, fps=fps)
-                logged[0] += 1
-
-        return write
-
-
-def beside(rollout_frames: torch.Tensor, truth: torch.Tensor, gap: int = 2) -> torch.Tensor:
-    """uint8 [T, 3, H, 2W + gap]: the rollout left, its ground truth right (black after the
-    truth's end when it is shorter)."""
-    frames = rollout_frames.shape[0]
-    truth = truth[:frames]
-    if truth.shape[0] < frames:
-        truth = F.pad(truth, (0, 0, 0, 0, 0, 0, 0, frames - truth.shape[0]))
-    space = torch.full((frames, 3, rollout_frames.shape[2], gap), 255, dtype=torch.uint8)
-    return torch.cat([rollout_frames, space, truth.to(torch.uint8)], dim=-1)

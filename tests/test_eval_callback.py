@@ -292,7 +292,7 @@ def test_progress_bar_follows_the_rollouts(tmp_path: Path, monkeypatch: pytest.M
         def close(self) -> None:
             bars[-1]["closed"] = True
 
-    monkeypatch.setattr("callbacks.rollout_eval.tqdm", Bar)
+    monkeypatch.setattr("callbacks.rollout_logging.tqdm", Bar)
     cheap = {role: "unavailable" for role in ROLES} | {"subject": "pixel"}
     callback = RolloutEvalCallback(
         lengths={"short": 2}, num_videos=2, backends=cheap, output_dir=str(tmp_path)
