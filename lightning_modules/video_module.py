@@ -24,6 +24,7 @@ from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
 from lightning_modules.pipeline import VideoPipeline
+from lightning_modules.training import frozen_parts
 from lightning_modules.training.nonfinite import check_finite_loss
 from lightning_modules.training.parallel import CompileMode, apply_fsdp2, compile_dit
 from lightning_modules.training.step_seed import seed_batch
@@ -47,6 +48,10 @@ class VideoModule(L.LightningModule):
         sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
         rollout_segments: segments per `predict` video (a continued video's prefix included).
         compile: `torch.compile` the DiT blocks or the whole DiT in `configure_model`.
+
+    Pretrained parts (a HF VAE or text encoder) are
+    rebuilt from their folders and left out of `state_dict()` and checkpoints, which record the
+    folders' file hashes instead (`training/frozen_parts.py`).
     """
 
     def __init__(
@@ -89,6 +94,7 @@ class VideoModule(L.LightningModule):
         if semantic_pack is not None:
             check_semantic_pack(semantic_pack, dit, self.text_encoder.dim)
             dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
+        frozen_parts.install(self)
 
     # ----------------------------------------------------------------- encoding
     @property
@@ -267,6 +273,15 @@ class VideoModule(L.LightningModule):
             prefix=batch["video"][:, :k].flatten(1, 2) if k else None,
         )  # fmt: skip
         return {"video": video, "name": batch["name"], "caption": batch["caption"]}
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the folders (and file hashes) of the pretrained parts left out of the state."""
+        if self.global_rank == 0:  # only rank 0 writes the checkpoint's metadata
+            checkpoint[frozen_parts.RECORD_KEY] = frozen_parts.records(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        frozen_parts.check_records(self, checkpoint, "the checkpoint")
 
     # ----------------------------------------------------------------- scaling
     def configure_model(self) -> None:

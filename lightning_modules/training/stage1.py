@@ -19,6 +19,7 @@ from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
 from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
+from lightning_modules.training import frozen_parts
 from lightning_modules.training.checkpoints import read_checkpoint
 
 Plain = int | float | str | bool | None
@@ -132,9 +133,11 @@ def load_stage1_weights(module: nn.Module, ckpt: dict[str, Any], path: str) -> N
     state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"init_checkpoint {path!r} holds no state_dict of tensors")
-    own = module.state_dict()
+    frozen_parts.check_records(module, ckpt, f"init_checkpoint {path!r}")
+    own = module.state_dict()  # pretrained parts left out: rebuilt from their folders
     missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    extra = set(state) - set(own)
+    unexpected = sorted(extra - frozen_parts.left_out(module, extra))  # an older file saved them
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(set(own) & set(state))
