@@ -42,6 +42,7 @@ from lightning_modules.training.stage1 import (
     load_stage1_weights,
     read_stage1_checkpoint,
     resolve_architecture,
+    stage1_adapters,
 )
 from lightning_modules.video_module import VideoModule
 
@@ -75,7 +76,8 @@ class DirectForcingModule(VideoModule):
             `direct` (one-step estimate, Eq. 7), `student` (`student_steps` Euler steps, Eq. 6).
         segments_per_step: segments per optimizer step; None = one step per video.
         gradient_clip_val: clip the accumulated gradient norm before each step (None = off).
-        **kwargs: the remaining `VideoModule` arguments (lr, timestep sampling, sampler...).
+        **kwargs: the remaining `VideoModule` arguments (lr, timestep sampling, sampler...);
+            `adapters` come from stage 1 (stage 2 then trains its head on the adapted model).
     """
 
     def __init__(
@@ -98,7 +100,8 @@ class DirectForcingModule(VideoModule):
         parts = resolve_architecture(
             ckpt, init_checkpoint, {**given, "semantic_pack": semantic_pack}
         )
-        super().__init__(**parts, **kwargs)
+        adapters = stage1_adapters(ckpt, init_checkpoint, kwargs.pop("adapters", None))
+        super().__init__(**parts, adapters=adapters, **kwargs)
         if history not in ("teacher", "direct", "student"):
             raise ValueError(f"history must be teacher, direct or student, got {history!r}")
         if student_steps < 1:

@@ -15,16 +15,19 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
 from lightning_modules.memory_pack import MemoryPack
 from lightning_modules.networks.backbone import Backbone
+from lightning_modules.networks.lora import merge_lora
 from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
 from lightning_modules.pipeline import VideoPipeline
 from lightning_modules.training import frozen_parts
+from lightning_modules.training.adapters import LoraAdapters
 from lightning_modules.training.nonfinite import check_finite_loss
 from lightning_modules.training.parallel import CompileMode, apply_fsdp2, compile_dit
 from lightning_modules.training.step_seed import seed_batch
@@ -48,8 +51,10 @@ class VideoModule(L.LightningModule):
         sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
         rollout_segments: segments per `predict` video (a continued video's prefix included).
         compile: `torch.compile` the DiT blocks or the whole DiT in `configure_model`.
+        adapters: `LoraAdapters` trains low-rank adapters on the DiT's blocks and SemanticPack +
+            the memory gates in full, the rest frozen (`training/adapters.py`); None trains all.
 
-    Pretrained parts (a HF VAE or text encoder) are
+    Pretrained parts (a HF VAE or text encoder; the pretrained backbone under adapters) are
     rebuilt from their folders and left out of `state_dict()` and checkpoints, which record the
     folders' file hashes instead (`training/frozen_parts.py`).
     """
@@ -75,6 +80,7 @@ class VideoModule(L.LightningModule):
         cfg_scale: float = 1.0,
         rollout_segments: int = 4,
         compile: CompileMode = "none",
+        adapters: LoraAdapters | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
@@ -94,6 +100,10 @@ class VideoModule(L.LightningModule):
         if semantic_pack is not None:
             check_semantic_pack(semantic_pack, dit, self.text_encoder.dim)
             dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
+        self.adapters = adapters
+        self.adapters_merged = False
+        if adapters is not None:
+            adapters.apply(self)
         frozen_parts.install(self)
 
     # ----------------------------------------------------------------- encoding
@@ -277,11 +287,29 @@ class VideoModule(L.LightningModule):
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the folders (and file hashes) of the pretrained parts left out of the state."""
+        if self.adapters_merged:
+            raise RuntimeError(
+                "the adapters were merged into the weights for inference (merge_adapters): this "
+                "model no longer matches its configuration and cannot be saved to resume from"
+            )
         if self.global_rank == 0:  # only rank 0 writes the checkpoint's metadata
             checkpoint[frozen_parts.RECORD_KEY] = frozen_parts.records(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         frozen_parts.check_records(self, checkpoint, "the checkpoint")
+
+    # ----------------------------------------------------------------- adapters
+    def merge_adapters(self) -> int:
+        """Fold the LoRA adapters into the DiT's weights (inference); returns how many."""
+        if self.adapters is None:
+            raise ValueError("merge_adapters: this model has no adapters (adapters=None)")
+        merged = merge_lora(self.dit)
+        self.adapters_merged = True
+        return merged
+
+    def on_predict_start(self) -> None:
+        if self.adapters is not None and not self.adapters_merged:
+            rank_zero_info(f"predict: merged {self.merge_adapters()} LoRA adapters into the DiT")
 
     # ----------------------------------------------------------------- scaling
     def configure_model(self) -> None:

@@ -20,6 +20,7 @@ from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
 from lightning_modules.training import frozen_parts
+from lightning_modules.training.adapters import LoraAdapters
 from lightning_modules.training.checkpoints import read_checkpoint
 
 Plain = int | float | str | bool | None
@@ -46,7 +47,7 @@ def read_stage1_checkpoint(path: str) -> dict[str, Any]:
     return read_checkpoint(file)
 
 
-def instantiate(config: Mapping[str, Any], base: type[nn.Module]) -> nn.Module:
+def instantiate(config: Mapping[str, Any], base: type) -> Any:
     """A `class_path`/`init_args` config (as LightningCLI saves it) -> the module, type-checked."""
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--part", type=base)
@@ -109,6 +110,22 @@ def resolve_architecture(
     }
 
 
+def stage1_adapters(
+    ckpt: dict[str, Any], path: str, given: LoraAdapters | None
+) -> LoraAdapters | None:
+    """Stage 1's low-rank adapters (stage 2 runs on top of the adapted model); `given` must
+    equal them."""
+    saved = (ckpt.get("hyper_parameters") or {}).get("adapters")
+    if isinstance(saved, Mapping):  # saved by LightningCLI
+        saved = instantiate(saved, LoraAdapters)
+    if given is not None and given != saved:
+        raise ValueError(
+            f"adapters: given {given!r}, but stage 1 ({path!r}) had {saved!r}. Leave adapters "
+            "out of the stage-2 config: they come from the checkpoint"
+        )
+    return saved
+
+
 def differences(name: str, given: nn.Module | None, stage1: nn.Module | None) -> list[str]:
     """'name.key: given X, stage 1 Y' for each setting where the two architectures differ."""
     if (given is None) != (stage1 is None):
@@ -165,11 +182,14 @@ def architecture_of(module: nn.Module | None) -> dict[str, Any]:
     settings (ints, floats, strings, bools and tuples of them), the shape of each parameter and
     buffer, and the values of non-persistent buffers (derived from settings, e.g. RoPE
     frequencies, and not in the state dict). Two modules with equal results compute the same
-    function once they hold the same state dict."""
+    function once they hold the same state dict. LoRA adapters (a network pickled after they
+    were added) are left to the `adapters` comparison."""
     if module is None:
         return {"": None}
     out: dict[str, Any] = {}
     for prefix, sub in module.named_modules():
+        if "lora" in prefix.split("."):  # adapters are compared as `adapters` (stage1_adapters)
+            continue
         at = f"{prefix}." if prefix else ""
         out[f"{at}<class>"] = f"{type(sub).__module__}.{type(sub).__qualname__}"
         for key, value in vars(sub).items():
