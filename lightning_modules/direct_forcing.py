@@ -200,7 +200,7 @@ class DirectForcingModule(VideoModule):
         latents, frames = self.batch_latents(batch)  # pre-encoded when the latent cache is on
         num = batch["num_segments"].to(latents.device)
         image = self.batch_image_latent(batch)
-        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout, batch["image"])
+        text = self.batch_text(batch, self.hparams.prompt_dropout)
         with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
             pack = MemoryPack.start(self.dit, self.semantic_pack, text, image)
         longest = int(num.max())

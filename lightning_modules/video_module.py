@@ -20,6 +20,7 @@ from torch import Tensor
 
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
+from lightning_modules.conditioning import CachedConditioning
 from lightning_modules.memory_pack import MemoryPack
 from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.lora import merge_lora
@@ -130,6 +131,11 @@ class VideoModule(L.LightningModule):
         """Prompt features, each caption dropped to "" with probability `dropout` (CFG)."""
         return self.pipeline.encode_text(captions, dropout, image)
 
+    def batch_text(self, batch: dict[str, Any], dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+        """`encode_text` of the batch, or its cached conditioning parts (no encoder runs)."""
+        cached = CachedConditioning.from_batch(batch)
+        return self.pipeline.encode_text(batch["caption"], dropout, batch["image"], cached)
+
     def batch_latents(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
         """`encode_video` of the batch, or its pre-encoded `latents` [b, s, T, c, h, w] (cache)."""
         if "latents" in batch:
@@ -208,7 +214,7 @@ class VideoModule(L.LightningModule):
         encoded = self.batch_latents(batch)
         x, seg = self.teacher_forcing_batch(batch, generator, encoded)
         image = self.batch_image_latent(batch)
-        text = self.encode_text(batch["caption"], prompt_dropout, batch["image"])
+        text = self.batch_text(batch, prompt_dropout)
         context = MemoryPack.teacher_forced(
             self.dit, self.semantic_pack, *encoded, seg, text, image
         )
@@ -252,15 +258,17 @@ class VideoModule(L.LightningModule):
         on_segment: Callable[[int], None] | None = None,
         prefix: Tensor | None = None,
         read_memory: bool = True,
+        cached: CachedConditioning | None = None,
     ) -> Tensor:
         """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W]
         of `num_segments` segments of `frames_per_segment` pixel frames (`VideoPipeline.generate`:
-        `prefix` continues real videos, `read_memory=False` never reads psi)."""
+        `prefix` continues real videos, `read_memory=False` never reads psi, `cached` holds the
+        prompts' precomputed conditioning)."""
         if frames_per_segment is None:
             raise ValueError("generate needs frames_per_segment (pixel frames per segment)")
         return self.pipeline.generate(
             image, captions, num_segments, frames_per_segment, generator, progress, on_segment,
-            prefix, read_memory,
+            prefix, read_memory, cached,
         )  # fmt: skip
 
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:
@@ -281,6 +289,7 @@ class VideoModule(L.LightningModule):
         video = self.generate(
             batch["image"], batch["caption"], total, progress=True, frames_per_segment=frames,
             prefix=batch["video"][:, :k].flatten(1, 2) if k else None,
+            cached=CachedConditioning.from_batch(batch),
         )  # fmt: skip
         return {"video": video, "name": batch["name"], "caption": batch["caption"]}
 

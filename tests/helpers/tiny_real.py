@@ -45,7 +45,7 @@ def real_parts(tiny: Path, folders: dict[str, Path] | None = None) -> dict[str, 
 
 def real_module(tiny: Path, folders: dict[str, Path] | None = None, **kwargs: Any) -> VideoModule:
     """A stage-1 VideoModule of `real_parts` (kwargs: VideoModule's, e.g. adapters)."""
-    return VideoModule(**real_parts(tiny, folders), prompt_dropout=0.0, **kwargs)
+    return VideoModule(**real_parts(tiny, folders), **{"prompt_dropout": 0.0, **kwargs})
 
 
 def real_batch(b: int = 2, segments: int = 2, seed: int = 0) -> dict[str, Any]:
