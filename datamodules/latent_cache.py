@@ -130,6 +130,8 @@ def build_cache(directory: Path, split: str, dataset: VideoFolderDataset, codec:
         entries.append({
             "file": name, "sha256": hashlib.sha256(data).hexdigest(),
             "caption": item["caption"], "num_segments": item["num_segments"], "name": item["name"],
+            "focus_segment": item.get("focus_segment", -1),
+            "focus_memory": item.get("focus_memory", -1),
         })  # fmt: skip
     manifest["splits"][split] = {"entries": entries, "skipped": skipped}
     _atomic_write(directory / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -183,6 +185,8 @@ class LatentCacheDataset(Dataset):
             "caption": entry["caption"],
             "num_segments": entry["num_segments"],
             "name": entry["name"],
+            "focus_segment": entry.get("focus_segment", -1),  # caches before the field: none
+            "focus_memory": entry.get("focus_memory", -1),
         }
 
 
@@ -203,4 +207,6 @@ def collate_latents(items: list[dict[str, Any] | None]) -> dict[str, Any] | None
         "num_segments": torch.tensor([item["num_segments"] for item in kept], dtype=torch.long),
         "caption": [item["caption"] for item in kept],
         "name": [item["name"] for item in kept],
+        "focus_segment": torch.tensor([item.get("focus_segment", -1) for item in kept]),
+        "focus_memory": torch.tensor([item.get("focus_memory", -1) for item in kept]),
     }

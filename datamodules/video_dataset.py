@@ -66,12 +66,18 @@ def read_metadata(root: Path) -> tuple[list[dict[str, str]], dict[str, str]]:
                     problem = f"missing string field {key!r}"
             if problem is None and not isinstance(entry.get("split", DEFAULT_SPLIT), str):
                 problem = "'split' must be a string"
+            focus = entry.get("focus_segment", -1) if problem is None else -1
+            source = entry.get("focus_memory", -1) if problem is None else -1
+            for key, value in (("focus_segment", focus), ("focus_memory", source)):
+                if problem is None and (not isinstance(value, int) or value < -1):
+                    problem = f"{key!r} must be a segment index >= 0, got {value!r}"
             if problem is not None:
                 skipped[f"{metadata}:{number}"] = problem
                 warnings.warn(f"skipping {metadata}, line {number}: {problem}", stacklevel=3)
                 continue
             split = entry.get("split", DEFAULT_SPLIT)
-            entries.append({"path": entry["path"], "caption": entry["caption"], "split": split})
+            entries.append({"path": entry["path"], "caption": entry["caption"], "split": split,
+                            "focus_segment": focus, "focus_memory": source})  # fmt: skip
     if not entries:
         reasons = f": {skipped}" if skipped else ""
         raise ValueError(f"metadata file has no usable entries: {metadata}{reasons}")
@@ -118,6 +124,9 @@ class VideoFolderDataset(Dataset):
         self.paths: list[Path] = []
         self.captions: list[str] = []
         self.lengths: list[int] = []
+        # A segment that needs long-term memory (-1: none) and the segments before it that hold
+        # what it needs (a probe's prefix): `VideoModule.memory_focus` / `memory_oracle`.
+        self.focus: list[tuple[int, int]] = []
         self.keep_decoded = keep_decoded
         self._decoded: dict[int, torch.Tensor] = {}
 
@@ -141,6 +150,8 @@ class VideoFolderDataset(Dataset):
             self.paths.append(path)
             self.captions.append(entry["caption"])
             self.lengths.append(segments)
+            focus = entry["focus_segment"] if entry["focus_segment"] < segments else -1
+            self.focus.append((focus, entry["focus_memory"] if focus >= 0 else -1))
         if not self.paths:
             raise ValueError(
                 f"no usable videos for split {split!r} in {self.root}: "
@@ -188,6 +199,8 @@ class VideoFolderDataset(Dataset):
             "caption": self.captions[index],
             "num_segments": segments,
             "name": path.stem,
+            "focus_segment": self.focus[index][0],
+            "focus_memory": self.focus[index][1],
         }
 
 
@@ -207,4 +220,6 @@ def collate_videos(items: list[dict[str, Any] | None]) -> dict[str, Any] | None:
         "image": torch.stack([item["image"] for item in kept]),
         "caption": [item["caption"] for item in kept],
         "name": [item["name"] for item in kept],
+        "focus_segment": torch.tensor([item.get("focus_segment", -1) for item in kept]),
+        "focus_memory": torch.tensor([item.get("focus_memory", -1) for item in kept]),
     }

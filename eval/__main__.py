@@ -1,8 +1,12 @@
 """Offline VBench-style scorer: `python -m eval <folder> [--csv out.csv] [--backends role=spec ...]
 [--reference DIR]`.
 
-Scores every .mp4 in the folder (decoded with PyAV at its native fps) with the same formulas,
-drifts and backends as the training callback, prints the Tab. 1 layout and writes the full CSV.
+Scores every .mp4 in the folder (decoded with PyAV at its native fps, chunk by chunk: memory does
+not grow with a clip's length or resolution) with the same formulas and drifts as the training
+callback, prints the Tab. 1 layout and writes the full CSV. The default backends are those valid
+on real footage (`FOOTAGE_SPECS`); `--domain renders` takes the training callback's defaults
+(valid on the embedded renderer's videos) instead. The printed legend names each column's backend
+and the domain where `benchmarks/metric_validity.py` validated it.
 Example: `python -m eval runs/rollouts --backends subject=dino_vitb16:/ckpt/dino_vitbase16_pretrain.pth`.
 
 `--reference DIR` adds a `ground truth` row: the mean scores of DIR's .mp4s (the source videos the
@@ -16,11 +20,23 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-from eval.backends.registry import ROLES, build_backends
+import torch
+
+from eval.backends.registry import (
+    DEFAULT_SPECS,
+    FOOTAGE_SPECS,
+    ROLES,
+    BackendSet,
+    build_backends,
+    domain_of,
+)
 from eval.results_table import format_markdown, write_results_table
-from eval.video_scores import score_keys, score_video
+from eval.video_scores import GLOBAL_METRICS, metric_names, score_keys, score_video_stream
+
+_DEFAULTS = {"footage": FOOTAGE_SPECS, "renders": DEFAULT_SPECS}
 
 
 def _parse_specs(items: list[str]) -> dict[str, str]:
@@ -42,6 +58,15 @@ def _mean(scores: list[dict[str, float]], keys: list[str]) -> dict[str, float]:
     return out
 
 
+def legend(backends: BackendSet, domain: str) -> str:
+    """Markdown lines naming each metric's backend and where it was validated."""
+    names = metric_names(backends)
+    lines = [f"Backends (defaults for {domain}; validity: benchmarks/metric_validity.py):"]
+    for metric in GLOBAL_METRICS:
+        lines.append(f"- {names[metric]}: {domain_of(names[metric].partition('@')[2])}")
+    return "\n".join(lines) + "\n\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Score the folder; return the process exit code."""
     parser = argparse.ArgumentParser(prog="python -m eval", description=__doc__.splitlines()[0])
@@ -56,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ROLE=SPEC",
         help=f"override backends; roles: {', '.join(ROLES)}",
     )
+    parser.add_argument(
+        "--domain", choices=tuple(_DEFAULTS), default="footage",
+        help="which defaults: valid on real footage (default) or on the embedded renderer",
+    )  # fmt: skip
     parser.add_argument("--fps", type=float, default=None, help="override the container fps")
     parser.add_argument("--device", default=None, help="torch device for network backends")
     parser.add_argument(
@@ -72,32 +101,55 @@ def main(argv: list[str] | None = None) -> int:
     references = [] if args.reference is None else sorted(args.reference.glob("*.mp4"))
     if args.reference is not None and not references:
         raise SystemExit(f"--reference: no .mp4 files in {args.reference}")
-    from datamodules.video_io import probe_video, read_video  # PyAV decode shared with training
+    from datamodules.video_io import probe_video  # PyAV, shared with training
+    from eval.video_stream import iter_video_chunks
 
-    backends = build_backends(_parse_specs(args.backends), device=args.device)
+    specs = _parse_specs(args.backends)
+    backends = build_backends(specs, device=args.device, defaults=_DEFAULTS[args.domain])
     keys = score_keys(backends)
     rows = []
     longest, size, first_fps = 0, (0, 0), 0.0
     for path in videos:
         fps = args.fps or probe_video(path)[1]
-        frames = read_video(path)
+        shape = _Shape()
+        scores = score_video_stream(shape.track(iter_video_chunks(path)), backends, fps=fps)
         if not rows:
-            size, first_fps = (frames.shape[-2], frames.shape[-1]), fps
-        longest = max(longest, frames.shape[0])
-        rows.append(({"video": path.name}, score_video(frames, backends, fps=fps)))
+            size, first_fps = shape.size, fps
+        longest = max(longest, shape.frames)
+        rows.append(({"video": path.name}, scores))
     rows.append(({"video": "MEAN"}, _mean([s for _, s in rows], keys)))
     if references:
         truth = [
-            score_video(read_video(path, fps=first_fps, size=size)[:longest], backends, first_fps)
+            score_video_stream(
+                iter_video_chunks(path, fps=first_fps, size=size, max_frames=longest),
+                backends,
+                first_fps,
+            )
             for path in references
         ]
         rows.append(({"video": f"ground truth ({len(truth)} videos)"}, _mean(truth, keys)))
 
     csv_path = args.csv or args.folder / "scores.csv"
     written = write_results_table(rows, csv_path.parent, stem=csv_path.stem)
-    sys.stdout.write(format_markdown(rows))
+    text = legend(backends, args.domain) + format_markdown(rows)
+    written.with_suffix(".md").write_text(text)
+    sys.stdout.write(text)
     sys.stdout.write(f"\nwrote {written} and {written.with_suffix('.md')}\n")
     return 0
+
+
+class _Shape:
+    """Records the frame count and size of a chunk stream as it passes through."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.size = (0, 0)
+
+    def track(self, chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
+        for chunk in chunks:
+            self.frames += chunk.shape[0]
+            self.size = (int(chunk.shape[-2]), int(chunk.shape[-1]))
+            yield chunk
 
 
 if __name__ == "__main__":

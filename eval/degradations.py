@@ -2,13 +2,15 @@
 
 Each takes the clean video, a strength and a seed and returns a new uint8 video of the same shape;
 strength 0 (where defined) returns the video unchanged. They are the failure modes a metric must
-see: per-frame noise, blur, compression blockiness, "model-like" blocky colour noise redrawn every
-frame, frozen and shuffled frames, a colour drift that grows along the video, a subject that
-changes identity mid-video, and a degradation confined to the second half (Eq. 8 drift).
+see: per-frame noise, blur, compression blockiness (JPEG per frame, H.264 over the clip),
+"model-like" blocky colour noise redrawn every frame, frozen, shuffled and dropped (held) frames, a
+colour drift that grows along the video, a subject that changes identity mid-video, and a
+degradation confined to the second half (Eq. 8 drift).
 """
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 
 import cv2
@@ -23,7 +25,9 @@ __all__ = [
     "colour_drift",
     "freeze",
     "gaussian_blur",
+    "drop_frames",
     "gaussian_noise",
+    "h264",
     "identity_change",
     "jpeg",
     "second_half",
@@ -69,6 +73,51 @@ def jpeg(video: torch.Tensor, quality: float, seed: int = 0) -> torch.Tensor:
             raise RuntimeError(f"jpeg: OpenCV could not encode a {frame.shape} frame")
         out.append(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
     return _from_hwc(out)
+
+
+def h264(video: torch.Tensor, crf: float, seed: int = 0) -> torch.Tensor:
+    """Encode the clip with H.264 (libx264, constant rate factor `crf`, 0..51) and decode it back:
+    the blocking, ringing and smearing of a strongly compressed video (higher crf = worse)."""
+    check_frames(video, "h264")
+    if not 0 <= crf <= 51:
+        raise ValueError(f"h264: crf must be in 0..51, got {crf!r}")
+    import av
+
+    if "libx264" not in av.codecs_available:
+        raise RuntimeError("h264: this PyAV build has no libx264 encoder")
+    num, _, height, width = video.shape
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv444p"  # any size, and chroma is degraded by the codec, not by 4:2:0
+        # One thread and no lookahead threads: bit-identical output run to run.
+        threads = "threads=1:lookahead-threads=1:sliced-threads=0"
+        stream.options = {"crf": str(int(crf)), "preset": "medium", "x264-params": threads}
+        for frame in _hwc(video):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    buffer.seek(0)
+    with av.open(buffer, mode="r") as container:
+        out = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    if len(out) != num:
+        raise RuntimeError(f"h264: decoded {len(out)} frames from {num}")
+    return _from_hwc(out)
+
+
+def drop_frames(video: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Drop `fraction` of the frames after the first, each shown as a repeat of the frame before
+    it (a stalled stream: the motion stops, then jumps)."""
+    check_frames(video, "drop_frames")
+    if not 0 <= fraction < 1:
+        raise ValueError(f"drop_frames: fraction must be in [0, 1), got {fraction!r}")
+    num = video.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    dropped = 1 + torch.randperm(num - 1, generator=gen)[: round(fraction * (num - 1))]
+    shown = torch.arange(num)
+    for index in sorted(dropped.tolist()):
+        shown[index] = shown[index - 1]  # a run of drops holds the last frame that arrived
+    return video[shown].contiguous()
 
 
 def blocky_noise(video: torch.Tensor, patch: float, seed: int = 0) -> torch.Tensor:

@@ -23,6 +23,7 @@ __all__ = [
     "dynamic_threshold",
     "mean_score",
     "motion_smoothness",
+    "smoothness_error",
     "smoothness_errors",
     "smoothness_from_errors",
     "top5_mean",
@@ -82,9 +83,17 @@ def dynamic_stride(fps: float) -> int:
     return max(1, round(fps / 8))
 
 
-def dynamic_threshold(height: int, width: int) -> float:
-    """Per-pair motion threshold 6 * min(H, W) / 256 in pixels (METRICS.md)."""
-    return 6.0 * min(height, width) / 256
+def dynamic_threshold(height: int, width: int, fps: float | None = None) -> float:
+    """Per-pair motion threshold max(1, 8 / fps) * 6 * min(H, W) / 256 in pixels (METRICS.md).
+
+    VBench's current `set_params` scales the threshold by max(1, 8 / fps): below 8 fps consecutive
+    frames lie further apart in time, so the same speed moves more pixels per pair. `fps=None`
+    (or >= 8) gives the plain 6 * min(H, W) / 256.
+    """
+    if fps is not None and not fps > 0:
+        raise ValueError(f"dynamic_threshold: fps must be positive, got {fps!r}")
+    factor = 1.0 if fps is None else max(1.0, 8.0 / fps)
+    return factor * 6.0 * min(height, width) / 256
 
 
 def dynamic_degree(pair_magnitudes: torch.Tensor, threshold: float) -> float:
@@ -111,6 +120,15 @@ def dynamic_fraction(pair_magnitudes: torch.Tensor, threshold: float) -> float:
 InterpolateFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def smoothness_error(odd: np.ndarray, mid: np.ndarray) -> float:
+    """mean|O[k] - P_k| (0..255) of one uint8 HWC midpoint `mid` against the true frame `odd`."""
+    if mid.dtype != np.uint8 or mid.shape != odd.shape:
+        raise ValueError(
+            f"interpolate_fn must return uint8 {odd.shape}, got {mid.dtype} {mid.shape}"
+        )
+    return float(np.abs(odd.astype(np.float64) - mid.astype(np.float64)).mean())
+
+
 def smoothness_errors(frames: torch.Tensor, interpolate_fn: InterpolateFn) -> torch.Tensor:
     """Per-pair errors mean|O[k] - P_k| (0..255) of motion smoothness (METRICS.md).
 
@@ -127,12 +145,7 @@ def smoothness_errors(frames: torch.Tensor, interpolate_fn: InterpolateFn) -> to
     count = min(len(evens) - 1, len(odds))
     errors = []
     for k in range(max(0, count)):
-        mid = interpolate_fn(evens[k], evens[k + 1])
-        if mid.dtype != np.uint8 or mid.shape != odds[k].shape:
-            raise ValueError(
-                f"interpolate_fn must return uint8 {odds[k].shape}, got {mid.dtype} {mid.shape}"
-            )
-        errors.append(np.abs(odds[k].astype(np.float64) - mid.astype(np.float64)).mean())
+        errors.append(smoothness_error(odds[k], interpolate_fn(evens[k], evens[k + 1])))
     return torch.tensor(errors, dtype=torch.float64)
 
 

@@ -1,7 +1,10 @@
-"""Image preprocessing for the feature networks, in plain torch (no torchvision; METRICS.md).
+"""Image preprocessing for the metric networks, in plain torch (no torchvision; METRICS.md).
 
 VBench resizes the shorter side to 224 (bilinear for DINO, bicubic + centre crop for CLIP) and then
-normalises with the network's mean/std. `antialias=True` matches PIL-style downscaling.
+normalises with the network's mean/std. `antialias=True` matches PIL-style downscaling. Imaging
+quality resizes so the longer side is at most 512 (VBench's default "longer" mode). Every backend
+works through `pixel_batches`, so a chunk of full-resolution frames never meets a large
+intermediate tensor at once (bounded memory whatever the input resolution).
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ __all__ = [
     "center_crop",
     "check_frames",
     "normalize",
+    "pixel_batches",
+    "resize_longer",
     "resize_shorter",
     "to_unit_float",
 ]
 
+# Pixels (frames x H x W) a backend processes at once at input resolution: 4 frames of 1080p.
+MAX_BATCH_PIXELS = 4 * 1920 * 1080
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -52,6 +59,32 @@ def resize_shorter(images: torch.Tensor, size: int, mode: str = "bilinear") -> t
     out = F.interpolate(images, size=(new_h, new_w), mode=mode, antialias=True, align_corners=False)
     # Bicubic overshoots; clamp back to the input range as PIL does for uint8 images.
     return out.clamp(0.0, 1.0) if mode == "bicubic" else out
+
+
+def resize_longer(
+    images: torch.Tensor, size: int = 512, mode: str = "bilinear", antialias: bool = True
+) -> torch.Tensor:
+    """Resize float [B, C, H, W] so the longer side is `size` when it is longer (VBench "longer").
+
+    Output (int(s H), int(s W)) with s = size / max(H, W), as VBench's imaging-quality transform;
+    frames already within `size` are returned unchanged. VBench itself resizes with
+    `antialias=False` (pass it for parity); the default antialiases, which keeps aliasing out of
+    statistics that read fine texture (NIQE).
+    """
+    h, w = images.shape[-2:]
+    if max(h, w) <= size:
+        return images
+    scale = size / max(h, w)
+    out_size = (max(1, int(scale * h)), max(1, int(scale * w)))
+    return F.interpolate(images, size=out_size, mode=mode, antialias=antialias, align_corners=False)
+
+
+def pixel_batches(frames: torch.Tensor, max_pixels: int = MAX_BATCH_PIXELS) -> list[torch.Tensor]:
+    """Split [T, C, H, W] along T into views of at most `max_pixels` T x H x W (>= 1 frame each)."""
+    if max_pixels < 1:
+        raise ValueError(f"pixel_batches: max_pixels must be >= 1, got {max_pixels!r}")
+    per = max(1, max_pixels // max(1, frames.shape[-2] * frames.shape[-1]))
+    return list(frames.split(per))
 
 
 def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:

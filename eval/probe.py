@@ -19,11 +19,20 @@ in the return frames where it is fully uncovered:
 - `memory_gates_shut`, `colour_error_gates_shut` (models with SemanticPack): the same model and
   noise with psi never read (`generate(read_memory=False)`, exactly what memory-read gates at 0
   give): a model that cannot remember, which must score near chance.
+- `memory_oracle_psi` (models with SemanticPack): psi stops updating after the prefix
+  (`generate(memory_until=prefix)`), so it holds the landmark as well as psi ever can: what the
+  DiT reads from a perfect memory (the read-in alone).
 
-The model generates the gap itself (only the prefix is real), as a user's continuation would. The
-gap shows only the shutter, so without psi the landmark could reach the return only if the model
-wrote it into the frames it generates there; `prefix_segments` = prefix + gap gives the true gap
-instead, which cuts that path too (FramePack then holds no frame of the landmark at all).
+By default the gap is TRUE (`gap="true"`): every frame up to the return is real, so FramePack's
+history holds no frame of the landmark, the model's own rollout quality does not enter, and only
+psi can carry the landmark to the return: the probe measures memory and nothing else.
+`gap="generated"` continues from the prefix alone, as a user's continuation would; it then also
+scores how the model's own gap frames hold up.
+
+`standard errors` (`*_se`) are over probe videos. `psi_decodability` is the diagnostic beside it:
+a linear classifier (ridge regression on one-hot colours) fitted on psi of half of the probes and
+tested on the other half, at the end of the prefix and at the return (after the gap's updates):
+whether the landmark is still in psi at all, whatever the DiT reads of it.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -41,11 +51,12 @@ from torch import Tensor
 from datamodules.synthetic.drawing import OBJECT_COLOURS
 from datamodules.synthetic.probe_scene import LANDMARK_COLOURS, ProbeVideo, probe_set
 from lightning_modules.codecs import to_uint8
-from lightning_modules.memory_pack import history_reach
+from lightning_modules.memory_pack import MemoryPack, history_reach
 
 __all__ = [
     "PROBE_KEYS",
     "memory_probe",
+    "psi_decodability",
     "probe_video_scores",
     "score_colour",
 ]
@@ -60,6 +71,7 @@ PROBE_KEYS = (
     "colour_error_oracle",
     "memory_gates_shut",
     "colour_error_gates_shut",
+    "memory_oracle_psi",
 )
 _PALETTE = torch.tensor([OBJECT_COLOURS[c] for c in LANDMARK_COLOURS], dtype=torch.float64)
 
@@ -102,8 +114,8 @@ def probe_video_scores(
 
     `gates_shut` None: also with psi unread (the gates shut) when the model has SemanticPack
     (else NaN).
-    `prefix_segments`: real segments continued (default: the schedule's prefix); at most
-    prefix + gap, so the return is always generated.
+    `prefix_segments`: real segments continued (default: prefix + gap, the true gap); at least
+    the schedule's prefix and at most prefix + gap, so the return is always generated.
     """
     if not probes:
         raise ValueError("memory probe: no probe videos")
@@ -117,7 +129,8 @@ def probe_video_scores(
     device = next(model.parameters()).device
     video = _to_model(torch.stack([p.frames for p in probes]), device)  # [b, F, 3, H, W]
     schedule = first.schedule
-    given = schedule.prefix_segments if prefix_segments is None else prefix_segments
+    true_gap = schedule.prefix_segments + schedule.gap_segments
+    given = true_gap if prefix_segments is None else prefix_segments
     if not schedule.prefix_segments <= given <= schedule.prefix_segments + schedule.gap_segments:
         raise ValueError(
             f"prefix_segments={given} must cover the prefix ({schedule.prefix_segments}) and "
@@ -127,20 +140,22 @@ def probe_video_scores(
     captions = [p.caption for p in probes]
     segments = schedule.num_segments
 
-    def rollout(read_memory: bool = True) -> Tensor:
+    def rollout(read_memory: bool = True, memory_until: int | None = None) -> Tensor:
         gen = torch.Generator(device=device).manual_seed(seed)
         return model.generate(
             image, captions, segments, gen, frames_per_segment=frames_per_segment, prefix=prefix,
-            read_memory=read_memory,
+            read_memory=read_memory, memory_until=memory_until,
         )  # fmt: skip
 
     was_training = model.training
     model.eval()
     try:
         generated = rollout()
-        shut = None
+        shut = oracle_psi = None
         if gates_shut if gates_shut is not None else model.semantic_pack is not None:
             shut = rollout(read_memory=False)
+        if model.semantic_pack is not None:
+            oracle_psi = rollout(memory_until=schedule.prefix_segments)
         segs = video.reshape(len(probes), segments, frames_per_segment, *video.shape[2:])
         latents, _ = model.encode_video(segs, image)
         decoded = model.codec.decode_continuation(model.encode_image(image), latents)
@@ -161,9 +176,12 @@ def probe_video_scores(
             "colour_error_oracle": oracle_error,
             "memory_gates_shut": math.nan,
             "colour_error_gates_shut": math.nan,
+            "memory_oracle_psi": math.nan,
         }
         if shut is not None:
             row["memory_gates_shut"], row["colour_error_gates_shut"] = score_colour(shut[i], probe)
+        if oracle_psi is not None:
+            row["memory_oracle_psi"] = score_colour(oracle_psi[i], probe)[0]
         out.append(row)
     return out
 
@@ -176,7 +194,8 @@ def memory_probe(
     gates_shut: bool | None = None,
     prefix_segments: int | None = None,
 ) -> dict[str, float]:
-    """Mean over probes of `probe_video_scores` (NaN where no probe has a value), plus `videos`."""
+    """Mean over probes of `probe_video_scores` (NaN where no probe has a value), its standard
+    error `<key>_se` over probes, plus `videos`."""
     rows: list[dict[str, float]] = []
     for start in range(0, len(probes), batch_size):
         chunk = probes[start : start + batch_size]
@@ -184,9 +203,59 @@ def memory_probe(
     result = {}
     for key in PROBE_KEYS:
         values = [r[key] for r in rows if not math.isnan(r[key])]
-        result[key] = math.fsum(values) / len(values) if values else math.nan
+        mean = math.fsum(values) / len(values) if values else math.nan
+        result[key] = mean
+        spread = math.fsum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+        result[f"{key}_se"] = math.sqrt(spread / len(values)) if values else math.nan
     result["videos"] = float(len(rows))
     return result
+
+
+@torch.no_grad()
+def psi_at(model: Any, probes: Sequence[ProbeVideo], segments: int) -> Tensor:
+    """psi [n, n_psi * width] after remembering the probes' first `segments` TRUE segments."""
+    if model.semantic_pack is None:
+        raise ValueError("psi_decodability needs a model with SemanticPack")
+    device = next(model.parameters()).device
+    f = probes[0].segment_frames
+    video = _to_model(torch.stack([p.frames for p in probes]), device)
+    image = video[:, 0]
+    text = model.encode_text([p.caption for p in probes], image=image)
+    pack = MemoryPack.start(model.dit, model.semantic_pack, text, model.encode_image(image))
+    latents = model.codec.encode_video(video[:, : segments * f], image)
+    frames = latents.shape[1] // segments
+    for k in range(segments):
+        pack.remember(latents[:, k * frames : (k + 1) * frames], k)
+    return pack.psi.flatten(1).float().cpu()
+
+
+def _ridge_accuracy(train_x: Tensor, train_y: Tensor, test_x: Tensor, test_y: Tensor) -> float:
+    """Accuracy of a ridge regression on one-hot classes (features standardised on train)."""
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    a, b = (train_x - mean) / std, (test_x - mean) / std
+    onehot = torch.nn.functional.one_hot(train_y, len(LANDMARK_COLOURS)).double()
+    a, b = a.double(), b.double()
+    weights = torch.linalg.solve(a @ a.T + len(a) * torch.eye(len(a), dtype=a.dtype), onehot)
+    predicted = (b @ (a.T @ weights)).argmax(1)  # kernel form: n_train x n_train, any width
+    return float((predicted == test_y).double().mean())
+
+
+def psi_decodability(model: Any, probes: Sequence[ProbeVideo]) -> dict[str, float]:
+    """Landmark colour decoded linearly from psi (fit on even-indexed probes, tested on odd ones)
+    right after the prefix (`decodable_prefix`) and at the return (`decodable_return`)."""
+    if len(probes) < 4:
+        raise ValueError(f"psi_decodability needs >= 4 probes, got {len(probes)}")
+    schedule = probes[0].schedule
+    labels = torch.tensor([LANDMARK_COLOURS.index(p.colour) for p in probes])
+    out = {}
+    for key, segments in (("decodable_prefix", schedule.prefix_segments),
+                          ("decodable_return", schedule.prefix_segments + schedule.gap_segments)):  # fmt: skip
+        psi = torch.cat(
+            [psi_at(model, probes[i : i + 8], segments) for i in range(0, len(probes), 8)]
+        )
+        out[key] = _ridge_accuracy(psi[0::2], labels[0::2], psi[1::2], labels[1::2])
+    out["decodable_chance"] = 1.0 / len(LANDMARK_COLOURS)
+    return out
 
 
 def _load(path: str) -> tuple[Any, dict[str, Any]]:
@@ -203,7 +272,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         prog="python -m eval.probe", description=__doc__.split("\n")[0]
     )
     parser.add_argument("--ckpt", required=True, help="a Lightning checkpoint written by train.py")
-    parser.add_argument("--num_videos", type=int, default=16, help="probe videos")
+    parser.add_argument("--num_videos", type=int, default=64, help="probe videos")
+    parser.add_argument("--gap", choices=("true", "generated"), default="true",
+                        help="real frames up to the return (default), or generated from the prefix")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="probe set and sampling seed")
     parser.add_argument("--sample_steps", type=int, default=None, help="default: the model's")
     parser.add_argument("--json", default=None, help="write the scores here")
@@ -214,10 +285,18 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     size = tuple(data.get("resolution", (32, 32)))
     segment_frames = int(data.get("segment_frames", 8))
     probes = probe_set(args.num_videos, size, segment_frames, seed=args.seed)
-    scores = memory_probe(model, probes, seed=args.seed)
-    print(f"memory probe of {args.ckpt} ({int(scores['videos'])} videos, {size[0]}x{size[1]}):")
-    for key in PROBE_KEYS:
-        print(f"  {key:<26}{scores[key]:>8.3f}")
+    prefix = None if args.gap == "true" else probes[0].schedule.prefix_segments
+    scores = memory_probe(model, probes, seed=args.seed, prefix_segments=prefix)
+    if model.semantic_pack is not None and len(probes) >= 4:
+        scores.update(psi_decodability(model, probes))
+    elif model.semantic_pack is not None:
+        warnings.warn(f"--num_videos {len(probes)} < 4: psi_decodability skipped", stacklevel=1)
+    print(f"memory probe of {args.ckpt} ({int(scores['videos'])} videos, {size[0]}x{size[1]}, "
+          f"{args.gap} gap):")  # fmt: skip
+    for key in (*PROBE_KEYS, "decodable_prefix", "decodable_return", "decodable_chance"):
+        if key in scores:
+            se = scores.get(f"{key}_se")
+            print(f"  {key:<26}{scores[key]:>8.3f}" + (f"  +- {se:.3f}" if se is not None else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({**scores, "checkpoint": args.ckpt}, indent=2) + "\n")
     return scores

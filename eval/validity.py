@@ -9,12 +9,14 @@ Each `Check` names a metric (or an Eq. 8 drift `drift/<metric>`), a degradation 
   whose drift is exactly 0, so the rise is not hidden by the moving video's own start/end change;
 - `zero`: the degraded videos' mean score is exactly 0 at every strength (dynamic degree of a
   frozen video, also with per-frame noise; of flickering blocky noise);
-- `one`: the clean videos' mean score is 1 (moving synthetic videos are dynamic);
+- `one`: the degraded videos' mean score is 1 at every strength (moving videos are dynamic, also
+  under per-frame noise);
 - `near_zero`: the degraded videos' mean score is at most NEAR_ZERO (drift of a stationary video).
 
 `run_checks` scores every needed (degradation, strength) once per backend set and judges all checks
 whose backend is available. `benchmarks/metric_validity.py` runs it on the synthetic renderer's
-videos at two resolutions and prints the table the README shows.
+videos at two resolutions, on photographs panned into clips (`eval/real_clips.py`) and on any
+folder of real clips, and prints the table the README shows.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ DEGRADATIONS: dict[str, tuple[tuple[float, ...], Callable[..., torch.Tensor]]] =
     "noise": ((5.0, 15.0, 40.0), lambda v, s, seed, other: deg.gaussian_noise(v, s, seed)),
     "blur": ((0.7, 1.5, 3.0), lambda v, s, seed, other: deg.gaussian_blur(v, s, seed)),
     "jpeg": ((50.0, 20.0, 5.0), lambda v, s, seed, other: deg.jpeg(v, s, seed)),
+    "h264": ((35.0, 43.0, 51.0), lambda v, s, seed, other: deg.h264(v, s, seed)),
+    "frame_drops": ((0.25, 0.5, 0.75), lambda v, s, seed, other: deg.drop_frames(v, s, seed)),
     "blocky_noise": ((2.0, 4.0, 8.0), lambda v, s, seed, other: deg.blocky_noise(v, s, seed)),
     "frozen": ((0.0,), lambda v, s, seed, other: deg.freeze(v, 0.0, seed)),  # stationary video
     "frozen(+noise)": ((0.0, 15.0, 40.0), lambda v, s, seed, other: deg.freeze(v, s, seed)),
@@ -71,12 +75,17 @@ DEGRADATIONS: dict[str, tuple[tuple[float, ...], Callable[..., torch.Tensor]]] =
 
 def _checks() -> tuple[Check, ...]:
     rows = [
-        *(Check("imaging_quality", d, "down") for d in ("noise", "blur", "jpeg", "blocky_noise")),
-        *(Check("aesthetic_quality", d, "down") for d in ("noise", "blur", "blocky_noise")),
+        *(
+            Check("imaging_quality", d, "down")
+            for d in ("noise", "blur", "jpeg", "h264", "blocky_noise")
+        ),
+        *(Check("aesthetic_quality", d, "down") for d in ("noise", "blur", "h264", "blocky_noise")),
         Check("dynamic_degree", "clean", "one"),
+        Check("dynamic_degree", "noise", "one"),  # motion under noise still counts
         Check("dynamic_degree", "frozen(+noise)", "zero"),
         Check("dynamic_degree", "blocky_noise", "zero"),
         Check("motion_smoothness", "shuffled", "down"),
+        Check("motion_smoothness", "frame_drops", "down"),
         Check("subject_consistency", "identity_change", "down"),
         Check("subject_consistency", "blocky_noise", "down"),
         Check("background_consistency", "identity_change", "down"),

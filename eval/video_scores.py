@@ -1,6 +1,7 @@
 """Score one video: per-frame network outputs once, then the six metrics, drifts and curves.
 
-`score_video(frames, backends, fps)` returns, with names carrying the backend
+`score_video(frames, backends, fps)` (or `score_video_stream(chunks, ...)` for a video decoded
+chunk by chunk, `eval/per_frame.py`) returns, with names carrying the backend
 (`<metric>@<backend>`, `@unavailable` + NaN when a role has no backend):
 the six global metrics (Tab. 1 order), `dynamic_fraction` (continuous dynamic degree), and for the
 drift metrics `drift/`, `start/`, `end/` (Eq. 8, slices of the same per-frame outputs).
@@ -9,8 +10,7 @@ drift metrics `drift/`, `start/`, `end/` (Eq. 8, slices of the same per-frame ou
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -21,14 +21,10 @@ from eval.formulas import (
     consistency_score,
     dynamic_degree,
     dynamic_fraction,
-    dynamic_stride,
-    dynamic_threshold,
     mean_score,
-    smoothness_errors,
     smoothness_from_errors,
-    top5_mean,
 )
-from eval.preprocess import check_frames
+from eval.per_frame import PerFrameOutputs, compute_per_frame, compute_per_frame_stream
 
 __all__ = [
     "DRIFT_METRICS",
@@ -38,6 +34,7 @@ __all__ = [
     "metric_names",
     "score_keys",
     "score_video",
+    "score_video_stream",
     "scores_from_outputs",
     "segment_curves",
 ]
@@ -73,63 +70,6 @@ def metric_names(backends: BackendSet) -> dict[str, str]:
     """metric -> logged name `<metric>@<backend>`."""
     names = backends.names()
     return {m: f"{m}@{names[role]}" for m, role in _ROLE.items()}
-
-
-@dataclass
-class PerFrameOutputs:
-    """Everything the formulas need, computed once per video (None = backend unavailable)."""
-
-    num_frames: int
-    subject: torch.Tensor | None  # [T, d]
-    background: torch.Tensor | None  # [T, d]
-    aesthetic: torch.Tensor | None  # [T]
-    imaging: torch.Tensor | None  # [T]
-    flow_pairs: torch.Tensor | None  # [T'-1] top-5% magnitudes of frames[::stride] pairs
-    flow_stride: int
-    flow_threshold: float
-    smooth_errors: torch.Tensor | None  # [K], pair k predicts frame 2k + 1
-
-
-def compute_per_frame(frames: torch.Tensor, backends: BackendSet, fps: float) -> PerFrameOutputs:
-    """Run every available backend once over uint8 frames [T, 3, H, W] at `fps`."""
-    check_frames(frames, "compute_per_frame")
-    frames = frames.cpu()
-    num, _, height, width = frames.shape
-    feats: dict[int, torch.Tensor] = {}
-
-    def features(backend: object | None) -> torch.Tensor | None:
-        # Subject and background may share one backend instance: compute its features once.
-        if backend is None:
-            return None
-        if id(backend) not in feats:
-            feats[id(backend)] = backend.features(frames).double()
-        return feats[id(backend)]
-
-    stride = dynamic_stride(fps)
-    pairs = None
-    if backends.flow is not None:
-        sub = frames[::stride].permute(0, 2, 3, 1).contiguous().numpy()
-        mags = [
-            top5_mean(backends.flow.flow_magnitude(a, b))
-            for a, b in zip(sub[:-1], sub[1:], strict=True)
-        ]
-        pairs = torch.tensor(mags, dtype=torch.float64)
-    errors = None
-    if backends.interpolation is not None:
-        errors = smoothness_errors(frames, backends.interpolation.interpolate)
-    return PerFrameOutputs(
-        num_frames=num,
-        subject=features(backends.subject),
-        background=features(backends.background),
-        aesthetic=None
-        if backends.aesthetic is None
-        else backends.aesthetic.scores(frames).double(),
-        imaging=None if backends.imaging is None else backends.imaging.scores(frames).double(),
-        flow_pairs=pairs,
-        flow_stride=stride,
-        flow_threshold=dynamic_threshold(height, width),
-        smooth_errors=errors,
-    )
 
 
 def _pairs_in(out: PerFrameOutputs, frames: slice) -> torch.Tensor:
@@ -191,6 +131,13 @@ def scores_from_outputs(out: PerFrameOutputs, backends: BackendSet) -> dict[str,
 def score_video(frames: torch.Tensor, backends: BackendSet, fps: float) -> dict[str, float]:
     """All metrics and drifts of one uint8 video [T, 3, H, W] recorded at `fps`."""
     return scores_from_outputs(compute_per_frame(frames, backends, fps), backends)
+
+
+def score_video_stream(
+    chunks: Iterable[torch.Tensor], backends: BackendSet, fps: float
+) -> dict[str, float]:
+    """`score_video` of a video given as consecutive uint8 chunks (bounded memory, same result)."""
+    return scores_from_outputs(compute_per_frame_stream(chunks, backends, fps), backends)
 
 
 def segment_curves(

@@ -12,6 +12,12 @@ SemanticPack's recurrence). One example is one whole video in chronological orde
 accumulate over its segments and the optimizer steps once per video ("Optimization Strategy").
 Only the output head trains, starting from a stage-1 checkpoint (Sec. 4.1, A.2).
 
+Where on the flow the estimate is taken (`estimate_t`): the paper reuses the loss's forward, so the
+estimate sits at the loss's t (median 0.25 under the shifted sampling: mostly a blurry mean),
+while what inference feeds forward is a finished sample. `estimate_t=(lo, hi)` instead noises the
+segment again at t ~ U(lo, hi) and runs one extra no-grad forward there (a fixed t when lo == hi):
+an estimate nearer a sample's error, at the cost of that forward.
+
 Gradients never cross segments: the stored history and SemanticPack's memory are computed without
 gradients (the paper detaches x~; the memory is frozen with the backbone).
 
@@ -74,6 +80,9 @@ class DirectForcingModule(VideoModule):
             in eval mode. Default: the final (adaLN) norm + output linear, `dit.head.*` (A.2).
         history: what later segments condition on: `teacher` (ground truth, stage-1 style),
             `direct` (one-step estimate, Eq. 7), `student` (`student_steps` Euler steps, Eq. 6).
+        estimate_t: `direct` only. None (the paper): the estimate comes from the loss's own
+            forward at the loss's t. (lo, hi): from one extra no-grad forward at t ~ U(lo, hi)
+            with fresh noise (lo == hi: a fixed t), 0 <= lo <= hi < 1.
         segments_per_step: segments per optimizer step; None = one step per video.
         gradient_clip_val: clip the accumulated gradient norm before each step (None = off).
         **kwargs: the remaining `VideoModule` arguments (lr, timestep sampling, sampler...);
@@ -91,6 +100,7 @@ class DirectForcingModule(VideoModule):
         trainable: tuple[str, ...] = ("dit.head.*",),
         history: HistoryMode = "direct",
         student_steps: int = 5,
+        estimate_t: tuple[float, float] | None = None,
         segments_per_step: int | None = None,
         gradient_clip_val: float | None = None,
         **kwargs: Any,
@@ -104,6 +114,12 @@ class DirectForcingModule(VideoModule):
         super().__init__(**parts, adapters=adapters, **kwargs)
         if history not in ("teacher", "direct", "student"):
             raise ValueError(f"history must be teacher, direct or student, got {history!r}")
+        if estimate_t is not None and not (0 <= estimate_t[0] <= estimate_t[1] < 1):
+            raise ValueError(
+                f"estimate_t must be (lo, hi) with 0 <= lo <= hi < 1, got {estimate_t}"
+            )
+        if estimate_t is not None and history != "direct":
+            raise ValueError(f"estimate_t applies to history='direct' only, got {history!r}")
         if student_steps < 1:
             raise ValueError(f"student_steps must be >= 1, got {student_steps}")
         if segments_per_step is not None and segments_per_step < 1:
@@ -185,8 +201,14 @@ class DirectForcingModule(VideoModule):
         mode = self.hparams.history
         if mode == "teacher":
             return x
-        if mode == "direct":  # Eq. 7: reuses the loss's forward, no extra model call
+        span = self.hparams.estimate_t
+        if mode == "direct" and span is None:  # Eq. 7: reuses the loss's forward, no extra call
             return rf.one_step_estimate(x_t, v.detach(), t)
+        if mode == "direct":  # Eq. 7 at a t nearer the sampler's end: one extra forward
+            lo, hi = span
+            t_est = lo + (hi - lo) * torch.rand(x.shape[0], device=x.device)
+            x_est = rf.interpolate(x, torch.randn_like(x), t_est)
+            return rf.one_step_estimate(x_est, velocity(x_est, t_est), t_est)
         noise = torch.randn_like(x)  # student: the sampler itself (Eq. 6), k extra calls
         return rf.euler_sample(
             velocity, noise, self.hparams.student_steps, shift=self.hparams.sample_shift

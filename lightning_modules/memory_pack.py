@@ -119,18 +119,22 @@ class MemoryPack:
         )
 
     # ----------------------------------------------------------------- after segment n
-    def remember(self, segment: Tensor, index: int, rows: Rows = None) -> None:
+    def remember(
+        self, segment: Tensor, index: int, rows: Rows = None, update_psi: bool = True
+    ) -> None:
         """Segment `index` [b', T, c, h, w] of the videos `rows` joins the FramePack history and
         psi's recurrence (Eq. 1); videos not in `rows` (done: a ragged batch's shorter ones)
-        get zeros in the history and keep their psi."""
+        get zeros in the history and keep their psi. `update_psi=False` skips Eq. 1 (the
+        memory probe's oracle psi, which stops at the landmark)."""
         if rows is None:
             history = torch.cat((self.history, segment), dim=1)
         else:
             stored = self.history.new_zeros(self.history.shape[0], *segment.shape[1:])
             stored[rows] = segment
             history = torch.cat((self.history, stored), dim=1)
-        self.psi = self._update(self.psi, segment, index, rows)
-        self.null_psi = self._update(self.null_psi, segment, index, rows)
+        if update_psi:
+            self.psi = self._update(self.psi, segment, index, rows)
+            self.null_psi = self._update(self.null_psi, segment, index, rows)
         bounded = self.mode == ContextMode.FRAMEPACK
         self.history = history[:, -self.window :] if bounded else history
         if self.decoded is not None:
@@ -157,12 +161,15 @@ class MemoryPack:
         segment_index: Tensor,
         text: tuple[Tensor, Tensor],
         image_latent: Tensor,
+        memory_index: Tensor | None = None,
     ) -> SegmentContext:
         """The context of each video's segment i_b [b] from its ground truth: what the loop above
         gives segment i_b after remembering the true segments 0..i_b-1, in one batched call.
 
         latents [b, s * frames, c, h, w]. psi runs Eq. 1 over the true segments with gradient
-        through the last `memory_bptt` updates only (`SemanticPack.teacher_forced`).
+        through the last `memory_bptt` updates only (`SemanticPack.teacher_forced`);
+        `memory_index` [b] (default i_b) stops psi earlier: after segments 0..memory_index-1
+        (an oracle psi that skips what came between, `VideoModule.memory_oracle`).
         """
         if backbone.context_mode == ContextMode.FULL_HISTORY:
             keep = int(segment_index.max()) * frames  # as long as the longest needs
@@ -172,6 +179,7 @@ class MemoryPack:
         if semantic_pack is None:
             return SegmentContext(history, None)
         psi0 = semantic_pack.init(text[0], image_latent)
-        n = max(int(segment_index.max()), 1)
+        until = segment_index if memory_index is None else memory_index
+        n = max(int(until.max()), 1)
         segments = rearrange(latents[:, : n * frames], "b (s t) c h w -> b s t c h w", t=frames)
-        return SegmentContext(history, semantic_pack.teacher_forced(psi0, segments, segment_index))
+        return SegmentContext(history, semantic_pack.teacher_forced(psi0, segments, until))

@@ -137,6 +137,7 @@ class VideoPipeline:
         on_segment: Callable[[int], None] | None = None,
         prefix: Tensor | None = None,
         read_memory: bool = True,
+        memory_until: int | None = None,
         cached: CachedConditioning | None = None,
     ) -> Tensor:
         """Rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 video [b, F, 3, H, W].
@@ -148,7 +149,9 @@ class VideoPipeline:
         (video continuation): the first k segments of real videos, remembered exactly as
         generated ones would be (true RoPE positions, SemanticPack's recurrence); the returned
         video starts with them. `read_memory=False`: psi is never read (the probe's gates-shut
-        ablation). `cached`: the prompts' and images' precomputed conditioning parts.
+        ablation). `memory_until` k: only segments 0..k-1 update psi (the probe's oracle psi,
+        which keeps exactly what the landmark's segments left). `cached`: the prompts' and
+        images' precomputed conditioning parts.
         """
         b = image.shape[0]
         frames = self.latent_frames(frames_per_segment)
@@ -176,7 +179,8 @@ class VideoPipeline:
             start = given // frames_per_segment
             known = self.codec.encode_video(prefix.to(image_lat), image.to(image_lat))
             for j in range(start):  # the real segments take the place of generated ones
-                pack.remember(known[:, j * frames : (j + 1) * frames], j)
+                update = memory_until is None or j < memory_until
+                pack.remember(known[:, j * frames : (j + 1) * frames], j, update_psi=update)
             out.append(to_uint8(prefix).cpu())
         for k in tqdm(
             range(start, num_segments), desc="rollout", disable=not progress, leave=False
@@ -188,7 +192,8 @@ class VideoPipeline:
                 v, noise.to(image_lat), self.sample_steps, shift=self.sample_shift
             )
             out.append(to_uint8(self.codec.decode_continuation(pack.decoded, seg)).cpu())
-            pack.remember(seg, k)  # the recurrence runs on what was generated
+            # The recurrence runs on what was generated.
+            pack.remember(seg, k, update_psi=memory_until is None or k < memory_until)
             if on_segment is not None:
                 on_segment(k)
         return torch.cat(out, dim=1)

@@ -52,6 +52,17 @@ class VideoModule(L.LightningModule):
         sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
         rollout_segments: segments per `predict` video (a continued video's prefix included).
         compile: `torch.compile` the DiT blocks or the whole DiT in `configure_model`.
+        memory_focus: probability that a video with a `focus_segment` (a memory-probe training
+            video's return, where only psi can know what comes back) trains on that segment
+            instead of a uniformly drawn one; 0 draws uniformly (the share of targets that need
+            memory is then what the data gives).
+        memory_lr_scale: learning-rate multiplier of the memory read-in gates, which start at 0
+            and would otherwise move at the backbone's (small) rate.
+        memory_gate_init: initial value of the read-in gates (0 keeps a pretrained F1 backbone's
+            output unchanged at step 0; a small model trained from scratch may start them open).
+        memory_oracle: a diagnostic: a focus target reads psi after only the segments that hold
+            what it needs (`focus_memory`, a probe's prefix), as if psi had kept it perfectly, so
+            what is measured is the read-in alone.
         adapters: `LoraAdapters` trains low-rank adapters on the DiT's blocks and SemanticPack +
             the memory gates in full, the rest frozen (`training/adapters.py`); None trains all.
 
@@ -81,9 +92,17 @@ class VideoModule(L.LightningModule):
         cfg_scale: float = 1.0,
         rollout_segments: int = 4,
         compile: CompileMode = "none",
+        memory_focus: float = 0.0,
+        memory_lr_scale: float = 1.0,
+        memory_gate_init: float = 0.0,
+        memory_oracle: bool = False,
         adapters: LoraAdapters | None = None,
     ) -> None:
         super().__init__()
+        if not 0.0 <= memory_focus <= 1.0:
+            raise ValueError(f"memory_focus must be a probability in [0, 1], got {memory_focus}")
+        if memory_lr_scale <= 0:
+            raise ValueError(f"memory_lr_scale must be > 0, got {memory_lr_scale}")
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
         # rebuilds the exact networks; outside the CLI the modules themselves are stored.
         self.save_hyperparameters()
@@ -101,11 +120,18 @@ class VideoModule(L.LightningModule):
         if semantic_pack is not None:
             check_semantic_pack(semantic_pack, dit, self.text_encoder.dim)
             dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
+            with torch.no_grad():
+                for gate in self.memory_gates():
+                    gate.fill_(memory_gate_init)
         self.adapters = adapters
         self.adapters_merged = False
         if adapters is not None:
             adapters.apply(self)
         frozen_parts.install(self)
+
+    def memory_gates(self) -> list[torch.nn.Parameter]:
+        """The backbone's per-block memory read-in gates (empty without SemanticPack)."""
+        return [p for n, p in self.dit.named_parameters() if n.endswith("memory_gate")]
 
     # ----------------------------------------------------------------- encoding
     @property
@@ -191,6 +217,11 @@ class VideoModule(L.LightningModule):
         num = batch["num_segments"].to(latents.device)
         u = torch.rand(num.shape, generator=generator, device="cpu").to(latents.device)
         seg = (u * num).long().clamp(max=num - 1)
+        focus_p = self.hparams.get("memory_focus", 0.0)
+        if focus_p > 0 and "focus_segment" in batch:  # targets that need long-term memory
+            focus = batch["focus_segment"].to(latents.device)
+            coin = torch.rand(num.shape, generator=generator, device="cpu").to(latents.device)
+            seg = torch.where((coin < focus_p) & (focus >= 0) & (focus < num), focus, seg)
         idx = seg[:, None] * frames + torch.arange(frames, device=latents.device)
         return latents[torch.arange(len(seg), device=latents.device)[:, None], idx], seg
 
@@ -215,8 +246,13 @@ class VideoModule(L.LightningModule):
         x, seg = self.teacher_forcing_batch(batch, generator, encoded)
         image = self.batch_image_latent(batch)
         text = self.batch_text(batch, prompt_dropout)
+        memory_index = None
+        if self.hparams.get("memory_oracle", False) and "focus_memory" in batch:
+            focus = batch["focus_segment"].to(seg.device)
+            source = batch["focus_memory"].to(seg.device)
+            memory_index = torch.where((seg == focus) & (source >= 0), source, seg)
         context = MemoryPack.teacher_forced(
-            self.dit, self.semantic_pack, *encoded, seg, text, image
+            self.dit, self.semantic_pack, *encoded, seg, text, image, memory_index
         )
         loss, *_ = self.flow_loss(x, seg, context.history, image, text, context.memory, generator)
         return loss
@@ -258,17 +294,19 @@ class VideoModule(L.LightningModule):
         on_segment: Callable[[int], None] | None = None,
         prefix: Tensor | None = None,
         read_memory: bool = True,
+        memory_until: int | None = None,
         cached: CachedConditioning | None = None,
     ) -> Tensor:
         """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W]
         of `num_segments` segments of `frames_per_segment` pixel frames (`VideoPipeline.generate`:
-        `prefix` continues real videos, `read_memory=False` never reads psi, `cached` holds the
-        prompts' precomputed conditioning)."""
+        `prefix` continues real videos, `read_memory=False` never reads psi, `memory_until`
+        stops psi's updates after that many segments, `cached` holds the prompts' precomputed
+        conditioning)."""
         if frames_per_segment is None:
             raise ValueError("generate needs frames_per_segment (pixel frames per segment)")
         return self.pipeline.generate(
             image, captions, num_segments, frames_per_segment, generator, progress, on_segment,
-            prefix, read_memory, cached,
+            prefix, read_memory, memory_until, cached,
         )  # fmt: skip
 
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:
@@ -333,8 +371,17 @@ class VideoModule(L.LightningModule):
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        params = [p for p in self.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay)
+        scale = hp.get("memory_lr_scale", 1.0)
+        gates = {id(p) for p in self.memory_gates() if p.requires_grad} if scale != 1 else set()
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in gates]
+        params: list[dict[str, Any]] = [{"params": rest}]
+        if gates:  # the read-in gates move faster than the backbone (`memory_lr_scale`)
+            params.append({"params": [p for p in self.memory_gates() if id(p) in gates],
+                           "lr": hp.lr * scale})  # fmt: skip
+        # fused: one kernel per parameter instead of a dozen (issue 24: 4x faster on CPU).
+        opt = torch.optim.AdamW(
+            params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay, fused=True
+        )
         warmup = max(1, hp.warmup_steps)
         schedule = hp.get("lr_schedule", "constant")
         if schedule not in ("constant", "cosine"):

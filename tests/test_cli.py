@@ -126,7 +126,8 @@ def test_memory_probe_runs_offline_on_a_checkpoint(trained: tuple[Path, object])
     tmp, cli = trained
     out = tmp / "probe.json"
     ckpt = cli.trainer.checkpoint_callback.last_model_path
-    probe_main(["--ckpt", ckpt, "--num_videos", "2", "--json", str(out)])
+    with pytest.warns(UserWarning, match="num_videos 2 < 4: psi_decodability skipped"):
+        probe_main(["--ckpt", ckpt, "--num_videos", "2", "--json", str(out)])
     scores = json.loads(out.read_text())
     assert scores["videos"] == 2 and scores["chance"] == 1 / 8 and scores["oracle"] == 1.0
     assert 0 <= scores["memory"] <= 1 and 0 <= scores["memory_gates_shut"] <= 1
@@ -166,11 +167,15 @@ def test_generation_quality_benchmark_reads_a_trained_checkpoint(
     _, cli = trained
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     out = generation_quality(
-        ["--ckpt", ckpt, "--num_videos", "2", "--json", str(tmp_path / "q.json")]
-    )
+        ["--ckpt", ckpt, "--num_videos", "2", "--rollout_videos", "2", "--depth", "2",
+         "--json", str(tmp_path / "q.json")]
+    )  # fmt: skip
     saved = json.loads((tmp_path / "q.json").read_text())
     assert saved == json.loads(json.dumps(out))  # what main returns is what it wrote
     for key in ("reference_psnr", "next_segment_psnr", "next_segment_ssim", "copy_last_psnr"):
         assert math.isfinite(saved[key]), key
     assert math.isfinite(saved["untrained"]["next_segment_psnr"])
     assert saved["sample_steps"] == cli.model.hparams.sample_steps
+    rollout = saved["rollout"]
+    assert len(rollout["psnr_by_depth"]) == len(rollout["static_by_depth"]) == 2
+    assert rollout["rollout_videos"] == 2 and math.isfinite(rollout["grid_edge_truth"])

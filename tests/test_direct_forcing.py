@@ -136,6 +136,36 @@ def test_student_history_runs_the_sampler(stage1_ckpt: Path) -> None:
     assert not torch.allclose(call["stored"], call["x"], atol=1e-4)
 
 
+@pytest.mark.parametrize("span", [(0.8, 0.8), (0.6, 0.95)])
+def test_direct_estimate_at_a_chosen_t(stage1_ckpt: Path, span: tuple[float, float]) -> None:
+    """estimate_t=(lo, hi): the stored history is Eq. 7 from one extra forward at t ~ U(lo, hi)
+    on freshly noised data, not the loss's estimate; redone by hand from the same draws."""
+    module = tiny_stage2(stage1_ckpt, estimate_t=span)
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    calls = record_segments(module)
+    fit_items(module, [2], max_steps=1)
+    module.load_state_dict(weights)  # the step came after both segments' histories
+    call = calls[0]
+    x, seg, history, image, text, psi = call["args"][:6]
+    torch.set_rng_state(call["rng_after"])  # t, then the noise: the draws after the loss's
+    t = span[0] + (span[1] - span[0]) * torch.rand(x.shape[0])
+    assert span[0] - 1e-6 <= float(t) <= span[1] + 1e-6
+    x_t = rf.interpolate(x, torch.randn_like(x), t)
+    with torch.no_grad():
+        v = module.dit(x_t, t, seg, history, image, *text, memory=psi)
+    torch.testing.assert_close(call["stored"], rf.one_step_estimate(x_t, v, t))
+    loss_estimate = rf.one_step_estimate(call["x_t"], call["v"], call["t"])
+    assert not torch.allclose(call["stored"], loss_estimate, atol=1e-4)
+    torch.testing.assert_close(calls[1]["history"][:, -x.shape[1] :], call["stored"])
+
+
+def test_estimate_t_is_checked(stage1_ckpt: Path) -> None:
+    with pytest.raises(ValueError, match=r"estimate_t must be .* got \(0.5, 1.0\)"):
+        tiny_stage2(stage1_ckpt, estimate_t=(0.5, 1.0))
+    with pytest.raises(ValueError, match="history='direct' only, got 'teacher'"):
+        tiny_stage2(stage1_ckpt, estimate_t=(0.8, 0.8), history="teacher")
+
+
 def test_full_history_context_conditions_on_every_stored_segment(tmp_path: Path) -> None:
     """`context: full_history` in stage 2: segment i reads all i earlier stored estimates."""
     torch.manual_seed(0)

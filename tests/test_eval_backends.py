@@ -94,6 +94,9 @@ def test_clip_laion_aesthetic_loads_head(tmp_path: Path) -> None:
         build_backends({"aesthetic": f"clip_vitl14_laion:{clip_path}"})
 
 
-def test_unsupported_backend_is_reported() -> None:
-    with pytest.raises(ValueError, match="not yet supported"):
-        build_backends({"flow": "raft"})
+def test_network_backends_need_their_local_paths() -> None:
+    for role, name in (("flow", "raft"), ("imaging", "musiq_spaq")):
+        with pytest.raises(ValueError, match="1 local path"):
+            build_backends({role: name})
+    with pytest.raises(ValueError, match="not supported"):
+        build_backends({"interpolation": "amt_s"})

@@ -13,6 +13,8 @@ from eval.__main__ import main
 from eval.backends.registry import build_backends
 from eval.video_scores import score_video
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _write(path: Path, noisy_tail: bool) -> None:
     gen = torch.Generator().manual_seed(0)
@@ -38,6 +40,22 @@ def test_cli_scores_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         (float(rows[0][drift]) + float(rows[1][drift])) / 2
     )
     assert out.with_suffix(".md").is_file()
+
+
+def test_cli_defaults_are_the_real_footage_set_and_say_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _write(tmp_path / "a.mp4", noisy_tail=True)
+    assert main([str(tmp_path), "--backends", "subject=pixel"]) == 0
+    printed = capsys.readouterr().out
+    # Real footage: NIQE with the natural-image model, no aesthetic proxy (NaN, named).
+    assert "imaging_quality@niqe:" in printed and "real footage only" in printed
+    assert "aesthetic_quality@unavailable" in printed and "| n/a |" in printed
+    assert "(defaults for footage" in (tmp_path / "scores.md").read_text()
+    assert main([str(tmp_path), "--domain", "renders", "--backends", "subject=pixel"]) == 0
+    printed = capsys.readouterr().out
+    assert "imaging_quality@niqe_synthetic:" in printed and "renders only" in printed
+    assert "aesthetic_quality@colorfulness" in printed
 
 
 def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:

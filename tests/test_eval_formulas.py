@@ -11,7 +11,13 @@ import torch
 
 from eval.backends.registry import build_backends
 from eval.drift import drift_segments, drift_window
-from eval.formulas import consistency_score, dynamic_degree, motion_smoothness, top5_mean
+from eval.formulas import (
+    consistency_score,
+    dynamic_degree,
+    dynamic_threshold,
+    motion_smoothness,
+    top5_mean,
+)
 from eval.video_scores import compute_per_frame, score_keys, score_video, segment_curves
 
 # Weight-free, fit-free backends: these tests check formulas, not networks.
@@ -118,6 +124,14 @@ def test_dynamic_degree_count_rule() -> None:
     mags = torch.tensor([5.0, 5.0] + [0.0] * 7)
     assert dynamic_degree(mags, threshold=1.0) == 1.0
     assert dynamic_degree(mags[1:], threshold=1.0) == 0.0  # T' = 9: round(2.25) = 2, one moving
+
+
+def test_dynamic_threshold_scales_with_size_and_low_fps() -> None:
+    assert dynamic_threshold(256, 512) == 6.0  # 6 * min(H, W) / 256
+    assert dynamic_threshold(256, 512, fps=30) == dynamic_threshold(256, 512, fps=8) == 6.0
+    assert dynamic_threshold(256, 512, fps=4) == 12.0  # VBench: x max(1, 8 / fps)
+    with pytest.raises(ValueError, match="fps must be positive"):
+        dynamic_threshold(32, 32, fps=0)
 
 
 def test_names_carry_backend_and_unavailable_is_nan() -> None:

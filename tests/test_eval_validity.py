@@ -15,6 +15,8 @@ from eval.backends.registry import ROLES, build_backends
 from eval.validity import Check, judge, run_checks
 from eval.video_scores import score_video
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 def _clean(seed: int = 500, frames: int = 8, size: int = 32) -> torch.Tensor:
     return render_video(seed, frames, (size, size))[0]
@@ -46,6 +48,17 @@ def test_degradations_do_what_they_say() -> None:
     assert (deg.gaussian_blur(video, 0.0) == video).all()
     with pytest.raises(ValueError, match="quality"):
         deg.jpeg(video, 0)
+    coded = deg.h264(video, 43)
+    assert torch.equal(coded, deg.h264(video, 43))  # single-threaded x264: reproducible
+    assert (
+        5
+        < (coded.float() - video.float()).abs().mean()
+        < (deg.h264(video, 51).float() - video.float()).abs().mean()
+    )
+    held = deg.drop_frames(video, 0.5, seed=3)
+    repeats = [t for t in range(1, 8) if torch.equal(held[t], held[t - 1])]
+    assert len(repeats) == 4 and torch.equal(held[0], video[0])  # round(0.5 * 7) frames held
+    assert all(any(torch.equal(f, v) for v in video) for f in held)
 
 
 def test_judge_directions() -> None:
@@ -103,6 +116,50 @@ def test_verified_flow_counts_motion_not_flicker_or_noise() -> None:
     assert score_video(flicker, raw, fps=8)[key_raw] == 1.0  # the failure being fixed
     assert score_video(flicker, checked, fps=8)[key] == 0.0
     assert score_video(deg.freeze(video, 40.0), checked, fps=8)[key] == 0.0
+    # Not a single flicker pair counts (the pair-level gate: the warp explains < 40% of it).
+    fraction = "dynamic_fraction@opencv_dis_verified"
+    for patch in (2, 4, 8):
+        assert score_video(deg.blocky_noise(video, patch), checked, fps=8)[fraction] == 0.0
+
+
+def test_on_photographs_niqe_ranks_clean_first_and_verified_flow_sees_motion_under_noise() -> None:
+    pytest.importorskip("skimage", reason="the real-image fixture ships in scikit-image's wheel")
+    from eval.real_clips import photo_clips
+
+    clips = photo_clips(2, 8, (128, 160))  # a camera panning over two photographs
+    live = NiqeQuality("live")
+
+    def mean(fn: object, strength: float) -> float:
+        return float(torch.cat([live.scores(fn(v, strength)) for v in clips]).mean())
+
+    clean = mean(lambda v, s: v, 0)
+    for fn, strength in ((deg.gaussian_noise, 15), (deg.gaussian_blur, 1.5), (deg.jpeg, 20)):
+        assert mean(fn, strength) < clean - 0.02, fn.__name__
+    flow = build_backends(_only(flow="opencv_dis_verified"))
+    key = "dynamic_degree@opencv_dis_verified"
+    for fn, strength, expected in (
+        (lambda v, s, i: v, 0, 1.0),
+        (deg.gaussian_noise, 15, 1.0),  # real motion under noise still counts
+        (deg.gaussian_noise, 40, 1.0),
+        (deg.blocky_noise, 4, 0.0),  # flicker does not
+        (deg.freeze, 15, 0.0),  # nor noise on a still frame
+    ):
+        assert all(
+            score_video(fn(v, strength, i), flow, 8)[key] == expected for i, v in enumerate(clips)
+        ), (fn, strength)
+
+
+def test_niqe_scores_larger_photographs_at_their_own_resolution() -> None:
+    skimage_data = pytest.importorskip("skimage.data", reason="photographs from scikit-image")
+    frame = torch.from_numpy(skimage_data.retina()[400:1000, 300:1100].copy())
+    video = frame.permute(2, 0, 1)[None].contiguous()  # 600x800: above VBench's 512 cap
+    live = NiqeQuality("live")
+    clean = float(live.scores(video)[0])
+    # Resized to 512 first, the noise is averaged away and rated *above* clean (0.544 vs 0.513).
+    assert float(live.scores(deg.gaussian_noise(video, 15.0))[0]) < clean - 0.1
+    assert (
+        float(NiqeQuality("live", max_side=512).scores(deg.gaussian_noise(video, 15.0))[0]) > clean
+    )
 
 
 def test_run_checks_uses_baselines_and_skips_unavailable_roles() -> None:

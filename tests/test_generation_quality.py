@@ -56,3 +56,80 @@ def test_psnr_and_segment_choice() -> None:
     assert _next_segments(8, 2) == [4, 7] and _next_segments(5, 1) == [4]
     with pytest.raises(ValueError, match="equal shapes"):
         psnr(a, a[:1])
+
+
+# ----------------------------------------------------------------- rollouts, motion and seams
+from types import SimpleNamespace  # noqa: E402
+
+from datamodules.synthetic import held_out_videos  # noqa: E402
+from eval.generation_quality import rollout_quality  # noqa: E402
+from eval.motion import grid_edge, motion_scores  # noqa: E402
+
+
+class RolloutStub(StubModel):
+    """`generate` continuing a prefix with the true video (oracle) or its last prefix frame."""
+
+    codec = SimpleNamespace(spatial_factor=4)
+    dit = SimpleNamespace(patch=(1, 2, 2))
+
+    def __init__(self, video: torch.Tensor, frames: int, frozen: bool = False) -> None:
+        super().__init__(video, frames)
+        self.frozen = frozen
+
+    def generate(
+        self, image, captions, num_segments, generator=None, frames_per_segment=None, prefix=None
+    ):  # noqa: ANN001
+        out = super().generate(image, captions, num_segments, generator, frames_per_segment,
+                               prefix)[0]  # fmt: skip
+        if self.frozen:
+            k = prefix.shape[1]
+            out[k:] = out[k - 1 : k]
+        return out[None]
+
+
+def test_grid_edge_is_one_without_a_grid_and_large_with_seams() -> None:
+    ramp = torch.arange(32, dtype=torch.uint8).expand(2, 3, 32, 32) * 4  # every step equal
+    assert grid_edge(ramp, 8) == pytest.approx(1.0)
+    blocks = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    for i in range(4):
+        blocks[..., 8 * i : 8 * i + 8] = 60 * i  # flat 8-pixel blocks: edges only on the grid
+    blocks = blocks + torch.randint(0, 3, blocks.shape, generator=torch.Generator().manual_seed(0))
+    assert grid_edge(blocks.to(torch.uint8), 8) > 50
+    assert grid_edge(blocks.to(torch.uint8), 4) < grid_edge(blocks.to(torch.uint8), 8)
+    with pytest.raises(ValueError, match="grid"):
+        grid_edge(ramp, 32)
+
+
+def test_motion_scores_see_motion_not_stillness_or_noise() -> None:
+    video = held_out_videos(1, 2, 4, (32, 32))[0]["video"]
+    frames = to_uint8(video.flatten(0, 1))
+    moving = motion_scores(frames, 8)
+    still = motion_scores(frames[:1].expand(8, -1, -1, -1).contiguous(), 8)
+    noise = torch.randint(0, 256, frames.shape, generator=torch.Generator().manual_seed(0))
+    noisy = motion_scores(noise.to(torch.uint8), 8)
+    assert moving["flow_share"] > 0.05 and moving["dynamic_fraction"] > 0
+    assert still["flow_share"] == 0 and still["dynamic_fraction"] == 0
+    assert noisy["flow_share"] < 0.2 * moving["flow_share"]  # redrawn noise is not motion
+    assert 0.5 < moving["grid_edge"] < 1.5  # a rendered scene has no 8-pixel grid
+
+
+def test_rollout_quality_oracle_matches_truth_and_a_frozen_model_the_static_copy() -> None:
+    items = held_out_videos(2, 4, 4, (32, 32), seed=3)
+    oracle = [rollout_quality(RolloutStub(e["video"], 4), [e], 4, depth=3) for e in items]
+    frozen = [rollout_quality(RolloutStub(e["video"], 4, True), [e], 4, depth=3) for e in items]
+    for o, f in zip(oracle, frozen, strict=True):
+        assert o["psnr_by_depth"] == pytest.approx([100.0] * 3)
+        assert f["psnr_by_depth"] == pytest.approx(f["static_by_depth"])
+        assert o["flow_share"] == pytest.approx(o["flow_share_truth"]) and o["flow_share"] > 0
+        assert f["flow_share"] == 0 and f["dynamic_fraction"] == 0
+        assert o["grid_edge"] == pytest.approx(o["grid_edge_truth"])
+    assert len(oracle[0]["static_by_depth"]) == 3 and oracle[0]["rollout_videos"] == 1
+    with pytest.raises(ValueError, match="segments"):
+        rollout_quality(RolloutStub(items[0]["video"], 4), items, 4, depth=4)  # needs 5
+
+
+def test_held_out_videos_are_seeded_and_whole() -> None:
+    a, b = held_out_videos(2, 3, 4, (32, 32)), held_out_videos(2, 3, 4, (32, 32))
+    assert a[0]["video"].shape == (3, 4, 3, 32, 32) and torch.equal(a[1]["video"], b[1]["video"])
+    assert not torch.equal(a[0]["video"], a[1]["video"])
+    assert torch.equal(a[0]["image"], a[0]["video"][0, 0])

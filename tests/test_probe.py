@@ -135,6 +135,44 @@ def test_training_set_mixes_in_probe_videos(tmp_path: Path) -> None:
     assert "probe_train" not in json.loads((plain / ".synthetic.json").read_text())
 
 
+def test_memory_focus_trains_probe_videos_on_their_return(tmp_path: Path) -> None:
+    from datamodules.video_dataset import VideoFolderDataset, collate_videos
+
+    root = generate_dataset(tmp_path / "d", num_train=2, num_val=1, min_segments=2,
+                            max_segments=2, segment_frames=T, fps=8.0, size=(32, 32), seed=0,
+                            probe_train=2)  # fmt: skip
+    schedule = ProbeSchedule()
+    data = VideoFolderDataset(root, "train", T, 8.0, (32, 32))
+    batch = collate_videos([data[i] for i in range(len(data))])
+    ret = schedule.prefix_segments + schedule.gap_segments
+    assert batch["focus_segment"].tolist() == [-1, -1, ret, ret]  # scene videos have none
+    module = probe_module(memory=True)
+    for p, want in ((0.0, None), (1.0, ret)):
+        module.hparams.memory_focus = p
+        seg = module.teacher_forcing_batch(batch, torch.Generator().manual_seed(3))[1]
+        if want is not None:
+            assert seg[2:].tolist() == [want, want]
+        else:  # no focus: the uniform draw of the scene videos and the probes
+            base = module.teacher_forcing_batch(
+                {**batch, "focus_segment": torch.full((4,), -1)}, torch.Generator().manual_seed(3)
+            )[1]
+            assert seg.tolist() == base.tolist()
+    assert seg[:2].max() <= 1  # the scene videos keep drawing among their own two segments
+
+
+def test_memory_gates_get_their_own_rate_and_start() -> None:
+    torch.manual_seed(0)
+    module = tiny_module(tiny_pack(), memory_lr_scale=10.0, memory_gate_init=0.25, lr=1e-3)
+    gates = module.memory_gates()
+    assert gates and all(torch.all(g == 0.25) for g in gates)
+    module.trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False)
+    groups = module.configure_optimizers()["optimizer"].param_groups
+    assert [g["initial_lr"] for g in groups] == [1e-3, 1e-2]  # before the warm-up factor
+    assert {id(p) for p in groups[1]["params"]} == {id(g) for g in gates}
+    plain = tiny_module(tiny_pack()).configure_optimizers()["optimizer"].param_groups
+    assert len(plain) == 1  # scale 1: one group, as checkpoints of earlier runs hold
+
+
 class _TestOnlyModule(VideoModule):
     def test_step(self, batch: Any, batch_idx: int) -> None:  # the loop only drives the callback
         pass
@@ -174,3 +212,73 @@ def test_eval_callback_logs_the_probe(tmp_path: Path) -> None:
     assert "subject_consistency@pixel" in callback.results["short"]
     assert "short/ground_truth" in callback.results
     assert len(callback.curves["short"]["subject_consistency@pixel"]) == 2  # per segment
+
+
+def test_true_gap_is_the_default_and_scores_carry_standard_errors() -> None:
+    probes = probe_set(3, (32, 32), T, seed=2)
+    module = probe_module(memory=True)
+    prefixes = []
+    real_generate = module.generate
+
+    def spy(*args: Any, **kwargs: Any) -> torch.Tensor:
+        prefixes.append(kwargs["prefix"].shape[1])
+        return real_generate(*args, **kwargs)
+
+    module.generate = spy  # type: ignore[method-assign]
+    scores = memory_probe(module, probes, batch_size=3)
+    schedule = probes[0].schedule
+    assert set(prefixes) == {(schedule.prefix_segments + schedule.gap_segments) * T}
+    assert scores["oracle_se"] == 0.0 and scores["chance_se"] == 0.0
+    assert 0 <= scores["memory_se"] <= 0.5
+
+
+def test_psi_decodability_reads_what_psi_holds() -> None:
+    from eval.probe import _ridge_accuracy, psi_decodability
+
+    gen = torch.Generator().manual_seed(0)
+    labels = (torch.arange(64) // 2) % 8  # each class on both sides of the even/odd split
+    informative = torch.nn.functional.one_hot(labels, 8).float().repeat(1, 4)
+    informative = informative + 0.1 * torch.randn(64, 32, generator=gen)
+    noise = torch.randn(64, 32, generator=gen)
+    assert _ridge_accuracy(informative[0::2], labels[0::2], informative[1::2], labels[1::2]) == 1.0
+    assert _ridge_accuracy(noise[0::2], labels[0::2], noise[1::2], labels[1::2]) < 0.4
+    out = psi_decodability(probe_module(memory=True), probe_set(8, (32, 32), T, seed=4))
+    assert 0 <= out["decodable_prefix"] <= 1 and out["decodable_chance"] == 1 / 8
+    with pytest.raises(ValueError, match="SemanticPack"):
+        psi_decodability(probe_module(memory=False), probe_set(4, (32, 32), T, seed=4))
+
+
+def test_oracle_psi_stops_at_the_landmark_in_training_and_in_the_probe(monkeypatch) -> None:  # noqa: ANN001
+    from lightning_modules.memory_pack import MemoryPack
+
+    module = probe_module(memory=True)
+    latents = torch.randn(2, 4 * 2, 12, 8, 8)
+    text = module.encode_text(["a", "b"])
+    image = torch.randn(2, 1, 12, 8, 8)
+    seg = torch.tensor([3, 3])
+    args = (module.dit, module.semantic_pack, latents, 2, seg, text, image)
+    oracle = MemoryPack.teacher_forced(*args, memory_index=torch.tensor([1, 3]))
+    plain = MemoryPack.teacher_forced(*args)
+    early = MemoryPack.teacher_forced(*args[:4], torch.tensor([1, 1]), *args[5:])
+    torch.testing.assert_close(oracle.history, plain.history)  # FramePack sees the same past
+    torch.testing.assert_close(oracle.memory[0], early.memory[0])  # psi after segment 0 only
+    torch.testing.assert_close(oracle.memory[1], plain.memory[1])
+    # MemoryPack.remember without Eq. 1: history grows, psi stays.
+    pack = MemoryPack.start(module.dit, module.semantic_pack, text, image)
+    psi = pack.psi.clone()
+    pack.remember(latents[:, :2], 0, update_psi=False)
+    torch.testing.assert_close(pack.psi, psi)
+    assert torch.equal(pack.history[:, -2:], latents[:, :2])
+    # Training: a focus target reads psi up to `focus_memory`, others their own segment.
+    seen = []
+    real = MemoryPack.teacher_forced
+    monkeypatch.setattr(MemoryPack, "teacher_forced",
+                        staticmethod(lambda *a: seen.append(a[-1]) or real(*a)))  # fmt: skip
+    batch = {"latents": latents.reshape(2, 4, 2, 12, 8, 8), "image_latent": image,
+             "image": torch.zeros(2, 3, 16, 16), "caption": ["a", "b"],
+             "num_segments": torch.tensor([4, 4]), "focus_segment": torch.tensor([3, -1]),
+             "focus_memory": torch.tensor([1, -1])}  # fmt: skip
+    module.hparams.memory_focus, module.hparams.memory_oracle = 1.0, True
+    module.teacher_forcing_loss(batch, generator=torch.Generator().manual_seed(0))
+    chosen = module.teacher_forcing_batch(batch, torch.Generator().manual_seed(0))[1]
+    assert seen[-1].tolist() == [1, int(chosen[1])]

@@ -156,12 +156,12 @@ def test_structures_carry_the_paper_token_counts(structure: str) -> None:
 
 
 def record_sequence_lengths(module: VideoModule) -> list[int]:
-    """Tokens per DiT call (joint sequence + memory stream), recorded at the first block."""
+    """Tokens per DiT call (joint sequence + psi's stream, which rides in the same tensor),
+    recorded at the first block."""
     lengths: list[int] = []
 
     def hook(_: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        x, memory = args[0], args[3] if len(args) > 3 else kwargs.get("memory")
-        lengths.append(x.shape[1] + (0 if memory is None else memory.shape[1]))
+        lengths.append(args[0].shape[1])
 
     module.dit.blocks[0].register_forward_pre_hook(hook, with_kwargs=True)
     return lengths
@@ -209,6 +209,48 @@ def test_bptt_truncation_stops_gradients_beyond_the_window() -> None:
         full.load_state_dict(pack.state_dict())
         expected = full.teacher_forced(psi0, segments, target)
     torch.testing.assert_close(pack.teacher_forced(psi0, segments, target), expected)
+
+
+@pytest.mark.parametrize("update", ["squeeze", "gated"])
+def test_full_bptt_trains_what_the_first_segment_left_checkpointed_or_not(update: str) -> None:
+    """memory_bptt=None: a target at segment 5 sends gradient to segment 0's update (the one that
+    saw content which must survive to the return); checkpointing changes memory, not values."""
+    segments = torch.randn(2, 6, 4, 12, 8, 8, requires_grad=True)
+    psi0 = torch.randn(2, M, 32)
+    target = torch.tensor([5, 2])
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        pack = tiny_pack(memory_bptt=None, memory_checkpoint=ckpt, update=update)
+        segments.grad = None
+        pack.teacher_forced(psi0, segments, target).square().sum().backward()
+        grads.append(segments.grad.clone())
+    touched = grads[0].flatten(2).abs().sum(-1) > 0
+    assert touched[0].tolist() == [True] * 5 + [False]
+    assert touched[1].tolist() == [True, True] + [False] * 4
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_gated_update_keeps_psi_until_its_gate_opens() -> None:
+    torch.manual_seed(0)
+    pack = tiny_pack(update="gated")
+    psi, segment = torch.randn(2, M, 32), torch.randn(2, 4, 12, 8, 8)
+    candidate = pack.squeeze(pack.memorize(segment), psi)  # structure A's Eq. 1 output
+    z = torch.sigmoid(torch.tensor(-2.0))  # W = 0, b = -2 at initialisation
+    torch.testing.assert_close(pack(psi, segment), psi + z * (candidate - psi))
+    plain = tiny_pack()
+    plain.load_state_dict(pack.state_dict(), strict=False)  # the same Squeeze, no gate
+    kept = []
+    for model in (pack, plain):
+        later = psi
+        for k in range(10):
+            later = model(
+                later, torch.randn(2, 4, 12, 8, 8, generator=torch.Generator().manual_seed(k))
+            )
+        kept.append(torch.nn.functional.cosine_similarity(later.flatten(1), psi.flatten(1)).min())
+    assert kept[0] > 0.1 > abs(kept[1])  # ten segments later only the gated psi still points home
+    with pytest.raises(ValueError, match="update"):
+        tiny_pack(update="lstm")
 
 
 def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:

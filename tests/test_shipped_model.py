@@ -4,6 +4,7 @@ included) with only sizes overridden, and stage 2 built on it from the stage-1 w
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 
@@ -44,3 +45,18 @@ def test_benchmarks_build_the_shipped_models() -> None:
     args = argparse.Namespace(config=train_throughput.shipped_model.STAGE1_CONFIG, student_steps=2)
     module = forcing_overhead.stage2(args, width=32, depth=1, heads=2)
     assert module.semantic_pack is not None and module.hparams.student_steps == 2
+
+
+def test_throughput_benchmark_alternates_project_and_minimal_dit(tmp_path) -> None:
+    """One tiny round of the alternating benchmark: both models, rates, ratios, the load."""
+    out = tmp_path / "throughput.json"
+    argv = ["--width", "32", "--depth", "1", "--heads", "2", "--batch_size", "1", "--segments",
+            "2", "--warmup", "0", "--rounds", "2", "--json", str(out)]  # fmt: skip
+    report = train_throughput.main(argv)
+    assert json.loads(out.read_text())["custom.ratio"] == report["custom.ratio"]
+    r = report["sizes"]["custom"]
+    assert r["project"]["tokens_per_sample"] == r["minimal"]["tokens_per_sample"] == 136
+    for key in ("ratio", "paired_ratio", "peak_gflop_per_s"):
+        assert r[key] > 0 and r["cpu_time"][key] > 0
+    assert 0 < r["project"]["mfu"] and 0 < r["minimal"]["mfu"] and len(r["loadavg_before"]) == 3
+    assert r["flop_ratio"] > 1  # SemanticPack and psi's stream: more FLOPs than the yardstick

@@ -4,7 +4,7 @@
 the memory-probe scene, `dataset.py` writes them as a folder of videos. Nothing imports back up.
 """
 
-from datamodules.synthetic.dataset import generate_dataset
+from datamodules.synthetic.dataset import generate_dataset, held_out_videos
 from datamodules.synthetic.probe_scene import (
     ProbeSchedule,
     ProbeVideo,
@@ -17,6 +17,7 @@ __all__ = [
     "ProbeSchedule",
     "ProbeVideo",
     "generate_dataset",
+    "held_out_videos",
     "probe_set",
     "render_probe_video",
     "render_video",

@@ -21,7 +21,7 @@ from datamodules.synthetic.probe_scene import render_probe_video
 from datamodules.synthetic.scene import render_video
 from datamodules.video_io import write_video
 
-__all__ = ["generate_dataset"]
+__all__ = ["generate_dataset", "held_out_videos"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def generate_dataset(
     )
     if probe_train:  # only when used: datasets written before the option stay valid
         args["probe_train"] = probe_train
+        args["probe_focus"] = True  # probe lines name their return segment (`focus_segment`)
     # Processes sharing a data_dir (a parallel study, several runs started at once) render it
     # once: the first holds the lock while it renders, the others then find it complete.
     root.mkdir(parents=True, exist_ok=True)
@@ -146,9 +147,38 @@ def generate_dataset(
             probe = render_probe_video(2 * int(rng.integers(2**30)), size, segment_frames)  # even
             relative = f"videos/train_probe_{index:05d}.mp4"
             write_video(root / relative, probe.frames, fps)
-            lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train"}))
+            focus = probe.schedule.prefix_segments + probe.schedule.gap_segments  # the return
+            lines.append(json.dumps({"path": relative, "caption": probe.caption, "split": "train",
+                                     "focus_segment": focus,
+                                     "focus_memory": probe.schedule.prefix_segments}))  # fmt: skip
 
         tmp = metadata.with_name(metadata.name + ".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         os.replace(tmp, metadata)  # atomic on POSIX: readers see no metadata or the full file
         return root
+
+
+def held_out_videos(
+    count: int, num_segments: int, segment_frames: int, size: tuple[int, int], seed: int = 0
+) -> list[dict[str, object]]:
+    """`count` training-scene videos of exactly `num_segments` segments, rendered in memory as
+    dataset items (`video` [s, T, 3, H, W] and `image` [3, H, W] in [-1, 1], `caption`, `name`).
+
+    For evaluations that need videos longer than the split holds (rollouts by depth). The render
+    seeds come from their own stream, rng([seed, 7919]), not the [seed, index] streams of
+    `generate_dataset`'s videos, so they are held out (a shared seed has odds ~1e-7).
+    """
+    if count < 1 or num_segments < 1 or segment_frames < 1:
+        raise ValueError(
+            f"held_out_videos needs count, num_segments, segment_frames >= 1, got "
+            f"{count}, {num_segments}, {segment_frames}"
+        )
+    rng = np.random.default_rng([seed, 7919])
+    items = []
+    for k, render_seed in enumerate(rng.integers(2**31, size=count).tolist()):
+        frames, caption = render_video(int(render_seed), num_segments * segment_frames, size)
+        video = frames.float().div(127.5).sub(1.0)
+        video = video.reshape(num_segments, segment_frames, *video.shape[1:])
+        items.append({"video": video, "image": video[0, 0].clone(), "caption": caption,
+                      "num_segments": num_segments, "name": f"held_out_{k:04d}"})  # fmt: skip
+    return items

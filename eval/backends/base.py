@@ -12,12 +12,15 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from eval.preprocess import MAX_BATCH_PIXELS
+
 __all__ = [
     "FeatureBackend",
     "FlowBackend",
     "InterpolationBackend",
     "ScoreBackend",
     "TorchBackend",
+    "load_strict",
 ]
 
 
@@ -85,4 +88,26 @@ class TorchBackend:
         return self
 
     def _chunks(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        return list(frames.split(self.batch_size))
+        """At most `batch_size` frames and MAX_BATCH_PIXELS input pixels per network call."""
+        per_pixels = MAX_BATCH_PIXELS // max(1, frames.shape[-2] * frames.shape[-1])
+        return list(frames.split(max(1, min(self.batch_size, per_pixels))))
+
+
+def load_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """`net.load_state_dict(state, strict=True)`, raising one short message that names `what`
+    and the first missing, unexpected and mis-shaped keys (torch lists every key)."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+        for k, v in own.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or shapes:
+        raise RuntimeError(
+            f"{what} does not fit the network: {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(shapes)} shape mismatches "
+            f"{shapes[:3]}"
+        )
+    net.load_state_dict(state, strict=True)

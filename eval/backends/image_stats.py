@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eval.preprocess import check_frames
+from eval.preprocess import check_frames, pixel_batches
 
 __all__ = ["Colorfulness", "LaplacianSharpness"]
 
@@ -34,11 +34,14 @@ class LaplacianSharpness:
     def scores(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> [T] in [0, 1)."""
         check_frames(frames, "LaplacianSharpness.scores")
-        x = frames.cpu().float()
-        luma = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
-        kernel = x.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]]).view(1, 1, 3, 3)
-        lap = F.conv2d(luma, kernel)
-        return torch.tanh(lap.flatten(1).std(dim=1) / self.scale).double()
+        out = []
+        for batch in pixel_batches(frames.cpu()):
+            x = batch.float()
+            luma = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+            kernel = x.new_tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+            lap = F.conv2d(luma, kernel.view(1, 1, 3, 3))
+            out.append(torch.tanh(lap.flatten(1).std(dim=1) / self.scale).double())
+        return torch.cat(out)
 
 
 class Colorfulness:
@@ -58,10 +61,13 @@ class Colorfulness:
     def scores(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> [T] in [0, 1]."""
         check_frames(frames, "Colorfulness.scores")
-        x = frames.cpu().double()
-        r, g, b = x[:, 0], x[:, 1], x[:, 2]
-        rg = (r - g).flatten(1)
-        yb = ((r + g) / 2 - b).flatten(1)
-        std = torch.sqrt(rg.var(dim=1, unbiased=False) + yb.var(dim=1, unbiased=False))
-        mean = torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
-        return ((std + 0.3 * mean) / self.scale).clamp(max=1.0)
+        out = []
+        for batch in pixel_batches(frames.cpu()):
+            x = batch.double()
+            r, g, b = x[:, 0], x[:, 1], x[:, 2]
+            rg = (r - g).flatten(1)
+            yb = ((r + g) / 2 - b).flatten(1)
+            std = torch.sqrt(rg.var(dim=1, unbiased=False) + yb.var(dim=1, unbiased=False))
+            mean = torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
+            out.append(((std + 0.3 * mean) / self.scale).clamp(max=1.0))
+        return torch.cat(out)

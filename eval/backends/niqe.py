@@ -27,6 +27,14 @@ Pristine models:
 Deviation from the MATLAB reference: blocks are `block_size(H, W)` pixels (96 only from 384 px on)
 because 32-64 px frames hold no 96-px block. Block features with no negative or no positive
 coefficient (flat blocks) are left out of both mean and covariance.
+
+Bounded memory: frames are processed one or a few at a time (at most 2 x 512 x 512 float64
+pixels), and the 7x7 Gaussian of the MSCN step runs as two 1-D passes, so no im2col buffer of 49
+copies of a video is ever built (the previous whole-video 2-D convolution asked for 43 GB on a 5-s
+720p clip). Frames are scored at their own resolution up to `max_side` = 2048 (1080p unchanged;
+4K is halved, antialiased): NIQE's statistics are scale-dependent, and capping at VBench's 512
+(what MUSIQ uses) averaged noise and JPEG artefacts of 720p photographs away until `niqe` rated
+them above the clean frames.
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from eval.preprocess import check_frames
+from eval.preprocess import check_frames, pixel_batches, resize_longer
 
 __all__ = [
     "NiqeQuality",
@@ -57,6 +65,9 @@ _TEMPERATURE = 10.0
 # seeds the dataset and the validity suite render, so the model never saw the videos it scores.
 _SYNTHETIC_SEEDS = range(1_000_000, 1_000_024)
 _SYNTHETIC_FRAMES = 8
+# Longer side NIQE sees (larger frames are resized) and pixels processed at once (float64).
+MAX_SIDE = 2048
+_BATCH_PIXELS = 2 * 512 * 512
 
 # Shape grid of the (A)GGD moment-matching fit, as the reference code: 0.2, 0.201, ..., 10.
 _GRID = torch.arange(0.2, 10.001, 0.001, dtype=torch.float64)
@@ -65,11 +76,11 @@ _R_GRID = torch.exp(2 * torch.lgamma(2 / _GRID) - torch.lgamma(1 / _GRID) - torc
 _SHIFTS = ((0, 1), (1, 0), (1, 1), (1, -1))  # horizontal, vertical, two diagonals
 
 
-def _gaussian_window() -> torch.Tensor:
-    """7x7 Gaussian of sigma 7/6, sum 1 (MATLAB fspecial('gaussian', 7, 7/6))."""
+def _gaussian_taps() -> torch.Tensor:
+    """1-D factor of the 7x7 Gaussian of sigma 7/6 (MATLAB fspecial('gaussian', 7, 7/6)), sum 1."""
     ax = torch.arange(-3, 4, dtype=torch.float64)
-    g = torch.exp(-(ax[:, None] ** 2 + ax[None] ** 2) / (2 * (7 / 6) ** 2))
-    return (g / g.sum()).view(1, 1, 7, 7)
+    g = torch.exp(-(ax**2) / (2 * (7 / 6) ** 2))
+    return g / g.sum()
 
 
 def _half_kernel() -> torch.Tensor:
@@ -118,12 +129,20 @@ def _block_features(blocks: torch.Tensor) -> torch.Tensor:
     return torch.stack(feats, dim=1)
 
 
+def _gaussian_filter(padded: torch.Tensor) -> torch.Tensor:
+    """Separable 7x7 Gaussian of [B, 1, H + 6, W + 6] -> [B, 1, H, W] (valid), as 2 x 7 shifted
+    multiply-adds: float64 convolutions on CPU are several times slower and build im2col buffers."""
+    taps = _gaussian_taps().tolist()
+    height, width = padded.shape[-2] - 6, padded.shape[-1] - 6
+    rows = sum(t * padded[..., k : k + height, :] for k, t in enumerate(taps))
+    return sum(t * rows[..., k : k + width] for k, t in enumerate(taps))
+
+
 def _mscn(img: torch.Tensor) -> torch.Tensor:
     """MSCN coefficients of [B, 1, H, W] in 0..255 (replicate borders, C = 1)."""
-    window = _gaussian_window()
     padded = F.pad(img, (3, 3, 3, 3), mode="replicate")
-    mu = F.conv2d(padded, window)
-    sigma = torch.sqrt((F.conv2d(padded.square(), window) - mu.square()).abs())
+    mu = _gaussian_filter(padded)
+    sigma = torch.sqrt((_gaussian_filter(padded.square()) - mu.square()).abs())
     return (img - mu) / (sigma + 1)
 
 
@@ -197,13 +216,30 @@ def load_live_pristine(path: str | Path = LIVE_PARAMS) -> tuple[torch.Tensor, to
     return mu.double(), cov.double()
 
 
-class NiqeQuality:
-    """Per-frame imaging quality exp(-NIQE / 10) against the LIVE or the synthetic pristine model."""
+def _fit_size(frames: torch.Tensor, max_side: int) -> torch.Tensor:
+    """uint8 [T, 3, H, W] resized (antialiased, rounded) so the longer side is <= max_side."""
+    if max(frames.shape[-2:]) <= max_side:
+        return frames
+    resized = resize_longer(frames.float(), max_side, mode="bilinear", antialias=True)
+    return resized.round().clamp(0, 255).to(torch.uint8)
 
-    def __init__(self, model: Literal["live", "synthetic"] = "live") -> None:
+
+class NiqeQuality:
+    """Per-frame imaging quality exp(-NIQE / 10) against the LIVE or the synthetic pristine model.
+
+    Valid domains (`benchmarks/metric_validity.py`): `niqe` on real footage (photographs, recorded
+    clips), `niqe_synthetic` on the embedded renderer's videos only.
+    """
+
+    def __init__(
+        self, model: Literal["live", "synthetic"] = "live", max_side: int = MAX_SIDE
+    ) -> None:
         if model not in ("live", "synthetic"):
             raise ValueError(f"NiqeQuality: model must be 'live' or 'synthetic', got {model!r}")
+        if max_side < 16:
+            raise ValueError(f"NiqeQuality: max_side must be >= 16, got {max_side!r}")
         self.model = model
+        self.max_side = max_side
         self.name = "niqe" if model == "live" else "niqe_synthetic"
         self._pristine: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -226,10 +262,15 @@ class NiqeQuality:
     def distances(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> NIQE per frame [T] (lower is better; NaN: no textured block)."""
         check_frames(frames, f"{self.name}.distances")
-        height, width = frames.shape[-2:]
-        mu, cov = self.pristine(height, width)
-        feats = patch_features(_luma(frames.cpu()), block_size(height, width))
-        return niqe_distance(feats, mu, cov)
+        out = []
+        for batch in pixel_batches(frames.cpu(), _BATCH_PIXELS * 4):
+            batch = _fit_size(batch, self.max_side)
+            height, width = batch.shape[-2:]
+            mu, cov = self.pristine(height, width)
+            block = block_size(height, width)
+            for part in pixel_batches(batch, _BATCH_PIXELS):
+                out.append(niqe_distance(patch_features(_luma(part), block), mu, cov))
+        return torch.cat(out)
 
     def scores(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> [T] in [0, 1], higher is better (0 for a frame with no texture)."""

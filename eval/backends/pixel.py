@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from eval.preprocess import check_frames, to_unit_float
+from eval.preprocess import check_frames, pixel_batches, to_unit_float
 
 __all__ = ["PixelFeatures"]
 
@@ -27,6 +27,9 @@ class PixelFeatures:
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 [T, 3, H, W] -> float [T, 3 * size * size]."""
         check_frames(frames, "PixelFeatures.features")
-        x = F.adaptive_avg_pool2d(to_unit_float(frames.cpu()), self.size)
-        x = x - x.mean(dim=(-2, -1), keepdim=True)
-        return x.flatten(1)
+        out = []
+        for batch in pixel_batches(frames.cpu()):
+            x = F.adaptive_avg_pool2d(to_unit_float(batch), self.size)
+            x = x - x.mean(dim=(-2, -1), keepdim=True)
+            out.append(x.flatten(1))
+        return torch.cat(out)

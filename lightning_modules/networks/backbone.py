@@ -40,7 +40,8 @@ class Backbone(nn.Module, ABC):
     every previous frame instead; context_mode (default FRAMEPACK);
     blocks: the transformer blocks (the FSDP2, compile and activation-checkpointing unit);
     rope_layout: `absolute` (the paper's RoPE consistency) or `relative` (FramePack's windows);
-    grad_checkpointing: recompute each block in backward.
+    grad_checkpointing: recompute each block in backward;
+    patch: the (t, h, w) latent patch of one noisy token (its spatial size sets the token grid).
     """
 
     latent_channels: int
@@ -51,6 +52,7 @@ class Backbone(nn.Module, ABC):
     blocks: Sequence[nn.Module]
     rope_layout: str
     grad_checkpointing: bool
+    patch: tuple[int, int, int]
 
     @abstractmethod
     def check_text_encoder(self, encoder: nn.Module) -> None:

@@ -28,6 +28,8 @@ from torch.utils.checkpoint import checkpoint
 from lightning_modules.networks.attention import attend, read_memory
 from lightning_modules.networks.backbone import Backbone, ContextMode
 from lightning_modules.networks.frame_pack import PATCH_1X, FramePackContext
+from lightning_modules.networks.gelu import GELUTanh
+from lightning_modules.networks.patch_embed import patch_embed
 from lightning_modules.networks.rope import (
     Rope3D,
     RopeLayout,
@@ -39,7 +41,13 @@ from lightning_modules.networks.rope import (
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale[:, None]) + shift[:, None]
+    """x (1 + scale) + shift per sample, in one kernel (shift, scale [b, d]; x [b, n, d])."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+
+
+def gated(x: Tensor, gate: Tensor, update: Tensor) -> Tensor:
+    """The adaLN-Zero residual x + gate * update (gate [b, d]), in one kernel."""
+    return torch.addcmul(x, gate[:, None], update)
 
 
 class TimestepEmbedder(nn.Module):
@@ -73,6 +81,10 @@ class Attention(nn.Module):
     At g = 0 this is bit-identical to the F1 output, yet dL/dg = <dL/dout, read> is non-zero, so
     the gate opens during training. The extra cost is one n x m attention (m << n). Memory tokens
     themselves attend to the whole joint sequence (their own stream, as extra tokens would).
+    psi's m tokens ride at the end of the same tensor as extra rows of every per-token op (one
+    linear, norm, MLP over n + m rows instead of a second, tiny stream: issue 24); the tokens'
+    rows come out as without psi (per-row GEMMs: tests/test_semantic_pack.py checks bit-equality
+    at closed gates; tests/test_fast_paths.py checks open gates against the two-stream form).
     """
 
     def __init__(self, width: int, heads: int, qk_norm: bool = True) -> None:
@@ -91,20 +103,25 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(
-        self, x: Tensor, rotation: Tensor, memory: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+        self, x: Tensor, rotation: Tensor, memory: int = 0, memory_out: bool = True
+    ) -> Tensor:
+        """x [b, n + memory, d]: n tokens, then `memory` psi tokens (their rotation rows are the
+        identity). Returns [b, n + memory, d], or [b, n, d] when `memory_out` is False (the last
+        block: nothing reads psi after it, but the tokens still read psi)."""
         q, k, v = self.heads_of(x)
         q, k = apply_rope(q, rotation), apply_rope(k, rotation)
-        out = attend(q, k, v)
-        if memory is None:
-            return self.proj(rearrange(out, "b h n d -> b n (h d)")), None
+        n = x.shape[1] - memory
+        out = attend(q[:, :, :n], k[:, :, :n], v[:, :, :n])
+        merge = "b h n d -> b n (h d)"
+        if not memory:
+            return self.proj(rearrange(out, merge))
         if self.memory_gate is None:
             raise ValueError("memory tokens were given but this DiT has no memory gates")
-        qm, km, vm = self.heads_of(memory)  # psi is not rotated: it has no place in space-time
-        out = read_memory(out, q, km, vm, self.memory_gate)
-        mem = attend(qm, torch.cat((k, km), 2), torch.cat((v, vm), 2))
-        merge = "b h n d -> b n (h d)"
-        return self.proj(rearrange(out, merge)), self.proj(rearrange(mem, merge))
+        q_tok, k_psi, v_psi = q[:, :, :n], k[:, :, n:], v[:, :, n:]
+        out = rearrange(read_memory(out, q_tok, k_psi, v_psi, self.memory_gate), merge)
+        if memory_out:  # psi's own queries attend to the whole joint sequence
+            out = torch.cat((out, rearrange(attend(q[:, :, n:], k, v), merge)), dim=1)
+        return self.proj(out)
 
 
 class DiTBlock(nn.Module):
@@ -116,26 +133,24 @@ class DiTBlock(nn.Module):
         self.attn = Attention(width, heads, qk_norm)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
-        )
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
         nn.init.zeros_(self.modulation[1].weight)  # adaLN-Zero: every block starts as identity
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(
-        self, x: Tensor, c: Tensor, rotation: Tensor, memory: Tensor | None = None
-    ) -> tuple[Tensor, Tensor | None]:
+        self, x: Tensor, c: Tensor, rotation: Tensor, memory: int = 0, memory_out: bool = True
+    ) -> Tensor:
+        """x [b, n + memory, d]: the tokens, then SemanticPack's `memory` psi tokens, which run
+        through the same weights as their own stream (per-token ops see them as extra rows; in
+        attention they are read only through the gated read-in, see `Attention`). Returns the
+        updated sequence, without psi when `memory_out` is False (the last block)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        norm1 = lambda y: modulate(self.norm1(y), shift1, scale1)  # noqa: E731
-        norm2 = lambda y: modulate(self.norm2(y), shift2, scale2)  # noqa: E731
-        attn, mem_attn = self.attn(norm1(x), rotation, None if memory is None else norm1(memory))
-        x = x + gate1[:, None] * attn
-        x = x + gate2[:, None] * self.mlp(norm2(x))
-        if memory is not None:  # psi's own stream through the same block weights
-            memory = memory + gate1[:, None] * mem_attn
-            memory = memory + gate2[:, None] * self.mlp(norm2(memory))
-        return x, memory
+        attn = self.attn(modulate(self.norm1(x), shift1, scale1), rotation, memory, memory_out)
+        if memory and not memory_out:
+            x = x[:, :-memory]
+        x = gated(x, gate1, attn)
+        return gated(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
 
 class OutputHead(nn.Module):
@@ -195,6 +210,7 @@ class VideoDiT(Backbone):
         self.context_mode = ContextMode(context)
         self.rope_layout = rope_layout
         self.grad_checkpointing = grad_checkpointing
+        self.patch = PATCH_1X
         self.x_embed = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
         self.context = FramePackContext(latent_channels, width, frame_pack)
         self.text_proj = nn.Linear(text_dim, width)
@@ -258,29 +274,39 @@ class VideoDiT(Backbone):
         else:
             ctx_tok, ctx_rot = img_tok[:, :0], img_rot[:, :0]
         x_tok = rearrange(
-            self.x_embed(rearrange(noisy, "b f c h w -> b c f h w")), "b d f h w -> b (f h w) d"
+            patch_embed(self.x_embed, rearrange(noisy, "b f c h w -> b c f h w")),
+            "b f h w d -> b (f h w) d",
         )
         x_pos = rearrange(
             grid_positions(noisy_t, h // 2, w // 2), "b three f h w -> b (f h w) three"
         )
         x_rot = self.rope(x_pos)
 
-        # Unrotated leading text tokens; memory psi_n follows them as its own gated stream.
+        # Unrotated leading text tokens; memory psi_n, unrotated too, rides at the end of the
+        # sequence as its own gated stream (`DiTBlock`); the last block drops it.
         txt_tok = self.text_proj(text)
-        tokens = torch.cat([txt_tok, img_tok, ctx_tok, x_tok], dim=1)
+        parts = [txt_tok, img_tok, ctx_tok, x_tok]
+        n_psi = 0 if memory is None else memory.shape[1]
+        if n_psi:
+            parts.append(memory.to(txt_tok.dtype))
+        tokens = torch.cat(parts, dim=1)
         txt_rot = identity_rotation(b, txt_tok.shape[1], x_rot.shape[2], x_rot)
-        rotation = torch.cat((txt_rot, img_rot, ctx_rot, x_rot), dim=1)
+        psi_rot = identity_rotation(b, n_psi, x_rot.shape[2], x_rot)
+        rotation = torch.cat((txt_rot, img_rot, ctx_rot, x_rot, psi_rot), dim=1)
 
         # Conditioning vector: timestep + pooled prompt (MM-DiT style), drives every adaLN.
         mask = text_mask.to(txt_tok.dtype)[..., None]
         pooled = (txt_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
         c = self.t_embed(t) + self.text_pool(pooled)
 
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            memory_out = i < len(self.blocks) - 1  # nothing reads psi after the last block
             if self.grad_checkpointing and self.training:
-                tokens, memory = checkpoint(block, tokens, c, rotation, memory, use_reentrant=False)
+                tokens = checkpoint(
+                    block, tokens, c, rotation, n_psi, memory_out, use_reentrant=False
+                )
             else:
-                tokens, memory = block(tokens, c, rotation, memory)
+                tokens = block(tokens, c, rotation, n_psi, memory_out)
 
         out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
         kt, kh, kw = PATCH_1X

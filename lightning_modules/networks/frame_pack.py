@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from lightning_modules.networks.patch_embed import patch_embed
 from lightning_modules.networks.rope import Rope3D, grid_positions
 
 PATCH_1X = (1, 2, 2)
@@ -98,7 +99,7 @@ class FramePackContext(nn.Module):
         if pad_h or pad_w:  # FramePack replicate-pads history to multiples of the kernel
             x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
             table = F.pad(table, (0, pad_w // 2, 0, pad_h // 2, 0, 0), mode="replicate")
-        tokens = rearrange(proj(x), "b d f h w -> b (f h w) d")
+        tokens = rearrange(patch_embed(proj, x), "b f h w d -> b (f h w) d")
         if scale > 1:
             table = F.avg_pool3d(table, (kt, kh // 2, kw // 2))
         return tokens, rearrange(table, "b (d two) f h w -> b (f h w) d two", two=2)

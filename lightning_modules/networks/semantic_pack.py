@@ -14,20 +14,32 @@ query concatenates those tokens with the first segment's m visual tokens, then f
 has n_text + n_image + m tokens (psi_0 holds m learned placeholders where the first window's tokens
 will go). Whatever the structure, psi's shape is FIXED over the video, so every update and every
 DiT call costs the same: N segments cost O(N).
+
+Retention (`update`). Eq. 1 replaces psi by Squeeze's output each segment; under structure A that
+output is built on the new segment's visual tokens (the query), so what an old segment left in psi
+survives only as far as each update chooses to read it back. `update="gated"` (not in the paper;
+an option beside it) keeps psi unless a write gate opens, as a GRU does:
+psi_{n+1} = psi_n + z * (Squeeze(psi_n, Memorize(x^n)) - psi_n), z = sigmoid(W [psi_n, cand] + b),
+with W = 0 and b = -`keep_bias` at initialisation (each update first keeps ~88% of psi).
 """
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.networks.attention import attend
+from lightning_modules.networks.gelu import GELUTanh
+from lightning_modules.networks.patch_embed import patch_embed
 from lightning_modules.networks.rope import Rope3D, apply_rope, grid_positions
 
 Structure = Literal["A", "B", "C"]
 PsiInit = Literal["semantic", "zero"]
+Update = Literal["squeeze", "gated"]
 
 
 class MultiHeadAttention(nn.Module):
@@ -62,9 +74,7 @@ def learned_tokens(n: int, width: int) -> nn.Parameter:
 
 def mlp(width: int, ratio: float) -> nn.Sequential:
     hidden = int(width * ratio)
-    return nn.Sequential(
-        nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
-    )
+    return nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
 
 
 class AttentionPool(nn.Module):
@@ -134,7 +144,7 @@ class Memorize(nn.Module):
         pad = (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph, 0, -x.shape[-3] % pt)
         if any(pad):
             x = F.pad(x, pad, mode="replicate")
-        return rearrange(self.embed(x), "b d f h w -> b f h w d")
+        return patch_embed(self.embed, x)
 
     def forward(self, segment: Tensor) -> Tensor:
         b, f = segment.shape[:2]
@@ -176,6 +186,21 @@ class Squeeze(nn.Module):
         return self.out_norm(x)
 
 
+class WriteGate(nn.Module):
+    """psi_n + z * (candidate - psi_n), z = sigmoid(W [psi_n, candidate] + b) per token and
+    channel; W starts at 0 and b at -keep_bias, so an untrained gate mostly keeps psi."""
+
+    def __init__(self, width: int, keep_bias: float = 2.0) -> None:
+        super().__init__()
+        self.proj = nn.Linear(2 * width, width)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.constant_(self.proj.bias, -keep_bias)
+
+    def forward(self, psi: Tensor, candidate: Tensor) -> Tensor:
+        z = torch.sigmoid(self.proj(torch.cat((psi, candidate), dim=-1)))
+        return psi + z * (candidate - psi)
+
+
 class SemanticPack(nn.Module):
     """Long-term memory psi [b, n_psi, width] updated once per segment by Eq. 1.
 
@@ -194,7 +219,12 @@ class SemanticPack(nn.Module):
         psi_init: `semantic` psi_0 from prompt + image (Sec. 3.1); `zero` the zero-MemoryPack
             ablation (Sec. 4.3).
         memory_bptt: teacher forcing backpropagates through the last `memory_bptt` updates of the
-            recurrence only; older updates run without gradient (truncated BPTT).
+            recurrence only; older updates run without gradient (truncated BPTT). None: through
+            every update back to psi_0, so a target can train what was kept from its first segment.
+        memory_checkpoint: recompute Memorize and each Squeeze step in backward (activation
+            checkpointing), so the memory of a long backpropagated recurrence stays its inputs'.
+        update: `squeeze` (Eq. 1 as the paper writes it) or `gated` (a write gate that keeps psi
+            unless it opens; module docstring).
     """
 
     def __init__(
@@ -209,7 +239,9 @@ class SemanticPack(nn.Module):
         mlp_ratio: float = 2.0,
         structure: Structure = "A",
         psi_init: PsiInit = "semantic",
-        memory_bptt: int = 2,
+        memory_bptt: int | None = 2,
+        memory_checkpoint: bool = False,
+        update: Update = "squeeze",
     ) -> None:
         super().__init__()
         if structure not in ("A", "B", "C"):
@@ -219,8 +251,10 @@ class SemanticPack(nn.Module):
         for name, value in (("memory_tokens", memory_tokens), ("window_frames", window_frames)):
             if value < 1:
                 raise ValueError(f"SemanticPack {name} must be >= 1, got {value}")
-        if memory_bptt < 0:
-            raise ValueError(f"memory_bptt must be >= 0, got {memory_bptt}")
+        if memory_bptt is not None and memory_bptt < 0:
+            raise ValueError(f"memory_bptt must be >= 0 or None (every update), got {memory_bptt}")
+        if update not in ("squeeze", "gated"):
+            raise ValueError(f"unknown SemanticPack update {update!r}; expected squeeze or gated")
         self.latent_channels = latent_channels
         self.text_dim = text_dim
         self.width = width
@@ -228,10 +262,14 @@ class SemanticPack(nn.Module):
         self.structure = structure
         self.psi_init = psi_init
         self.memory_bptt = memory_bptt
+        self.memory_checkpoint = memory_checkpoint
+        self.update = update
         self.memorize = Memorize(
             latent_channels, width, heads, mlp_ratio, memory_tokens, window_frames, tuple(patch)
         )
         self.squeeze = Squeeze(width, heads, mlp_ratio)
+        if update == "gated":
+            self.write_gate = WriteGate(width)
         if psi_init == "semantic":
             self.text_proj = nn.Linear(text_dim, width)
             if structure == "A":  # psi_0 takes the shape of A's psi: m tokens
@@ -275,16 +313,25 @@ class SemanticPack(nn.Module):
         return self.squeeze_step(psi, self.memorize(segment), step)
 
     def squeeze_step(self, psi: Tensor, visual: Tensor, step: int | None = None) -> Tensor:
-        """The Squeeze half of Eq. 1, given visual = Memorize(x^n) [b, m, d]."""
+        """The Squeeze half of Eq. 1, given visual = Memorize(x^n) [b, m, d] (then the write
+        gate, with `update="gated"`)."""
         if self.structure == "A":
-            return self.squeeze(visual, psi)
-        if self.structure == "B":
-            return self.squeeze(psi, visual)
-        if step is None:
-            raise ValueError("SemanticPack structure 'C' needs the segment index `step`")
-        if step == 0:  # the first window's visual tokens take the placeholders' place
-            psi = torch.cat((psi[:, : -self.memory_tokens], visual), dim=1)
-        return self.squeeze(psi, visual)
+            candidate = self.squeeze(visual, psi)
+        elif self.structure == "B":
+            candidate = self.squeeze(psi, visual)
+        else:
+            if step is None:
+                raise ValueError("SemanticPack structure 'C' needs the segment index `step`")
+            if step == 0:  # the first window's visual tokens take the placeholders' place
+                psi = torch.cat((psi[:, : -self.memory_tokens], visual), dim=1)
+            candidate = self.squeeze(psi, visual)
+        return candidate if self.update == "squeeze" else self.write_gate(psi, candidate)
+
+    def _maybe_checkpointed(self, fn: Callable[..., Tensor], *args: object) -> Tensor:
+        """fn(*args), recomputed in backward under `memory_checkpoint`."""
+        if self.memory_checkpoint and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     # ----------------------------------------------------------------- teacher forcing
     def teacher_forced(self, psi0: Tensor, segments: Tensor, target: Tensor) -> Tensor:
@@ -301,17 +348,19 @@ class SemanticPack(nn.Module):
         b, steps = target.shape[0], int(target.max())
         n = torch.arange(steps, device=target.device)
         live = n[None] < target[:, None]  # [b, s]: steps each video's recurrence runs
-        in_window = n[None] >= (target - self.memory_bptt)[:, None]  # [b, s]: steps with grad
+        reach = steps if self.memory_bptt is None else self.memory_bptt
+        in_window = n[None] >= (target - reach)[:, None]  # [b, s]: steps with grad
         visual = psi0.new_zeros(b, steps, self.memory_tokens, self.width)
         for grad, used in ((False, live & ~in_window), (True, live & in_window)):
             if used.any():
                 with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                    visual = visual.index_put((used,), self.memorize(segments[:, :steps][used]))
+                    seen = self._maybe_checkpointed(self.memorize, segments[:, :steps][used])
+                    visual = visual.index_put((used,), seen)
         psi = psi0
         for k in range(steps):
             grad = torch.is_grad_enabled() and bool((live & in_window)[:, k].any())
             with torch.set_grad_enabled(grad):
-                new = self.squeeze_step(psi, visual[:, k], step=k)
+                new = self._maybe_checkpointed(self.squeeze_step, psi, visual[:, k], k)
             new = torch.where(in_window[:, k, None, None], new, new.detach())
             psi = torch.where(live[:, k, None, None], new, psi)
         return psi

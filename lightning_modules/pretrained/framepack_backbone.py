@@ -194,6 +194,7 @@ class FramePackBackbone(Backbone):
             "image_condition_type": None, "has_image_proj": image_tokens > 0,
             "image_proj_dim": image_proj_dim, "has_clean_x_embedder": True,
         }  # fmt: skip
+        self.patch = (arch["patch_size_t"], arch["patch_size"], arch["patch_size"])
         diffusers = import_hf("diffusers")
         cls = getattr(diffusers, MODEL_CLASS)
         self._pretrained_folder: str | None = None
