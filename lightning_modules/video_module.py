@@ -120,9 +120,11 @@ class VideoModule(L.LightningModule):
         if semantic_pack is not None:
             check_semantic_pack(semantic_pack, dit, self.text_encoder.dim)
             dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
-            with torch.no_grad():
-                for gate in self.memory_gates():
-                    gate.fill_(memory_gate_init)
+            # New storage, not fill_: a checkpoint written outside the CLI pickles `dit` in
+            # hyper_parameters sharing storage with its state dict, so an in-place fill here
+            # would zero the saved gates that load_state_dict then copies back.
+            for gate in self.memory_gates():
+                gate.data = torch.full_like(gate, memory_gate_init)
         self.adapters = adapters
         self.adapters_merged = False
         if adapters is not None:
