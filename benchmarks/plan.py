@@ -16,8 +16,9 @@ These are ESTIMATES until a GPU run confirms them. What they assume:
   dropped), SemanticPack's `memory_bptt` updates with gradient (`memory_trace.segment_step`);
 - bf16 autocast (Lightning's `bf16-mixed`) over the config's parameter dtype: fp32 weights for
   full fine-tuning; for adapters a bf16 base (`dtype: bfloat16`) with fp32 adapters;
-- AdamW, two fp32 states per trainable parameter, fp32 gradients, and one fp32 temporary per
-  trainable parameter in its (foreach) step;
+- AdamW, two fp32 states per trainable parameter, fp32 gradients; its step is fused, as
+  `VideoModule.configure_optimizers` makes it (no temporary beyond the gradients; the foreach
+  step would add one fp32 copy of them);
 - full fine-tuning on 8 GPUs: FSDP2 (`configs/strategy/fsdp2.yaml`), every trainable tensor
   sharded 8 ways, two blocks' parameters gathered at a time, the root units' (embedders,
   SemanticPack) kept gathered; adapters on 8 GPUs: DDP (each rank the whole bf16 base, gradient
@@ -222,11 +223,11 @@ def activation_peak(
 
 def dynamic_peak(setting: Setting, adapters: bool, ac: bool, autocast: torch.dtype | None) -> int:
     """The estimated peak of a step beyond the weights and optimizer states on one device (no
-    sharding): the traced forward + backward, or the optimizer step's gradients + foreach
-    temporary, whichever is larger. `plan_check.py` compares it with a measured peak."""
+    sharding): the traced forward + backward, or the (fused) optimizer step's gradients,
+    whichever is larger. `plan_check.py` compares it with a measured peak."""
     model = model_sizes(setting, adapters)
     _, peak, _ = activation_peak(setting, adapters, ac, 1, model, autocast)
-    return max(peak, 2 * model.trainable_bytes)
+    return max(peak, model.trainable_bytes)
 
 
 @dataclass
@@ -278,7 +279,7 @@ def plan(setting: Setting, traces: Traces, models: dict[bool, Model]) -> list[Ro
                     frozen += 2 * sum(n for n, _ in ENCODERS.values())
                     encode = ENCODE["peak_bytes"]
                     flops += ENCODE["flops"] + sum(2 * n * t for n, t in ENCODERS.values())
-                dynamic = max(act[True][1], 2 * grads, encode)  # fwd + bwd | AdamW step | VAE
+                dynamic = max(act[True][1], grads, encode)  # fwd + bwd | fused AdamW step | VAE
                 peak = weights + optimizer + frozen + buckets + dynamic
                 fits = "yes" if peak <= USABLE else ("tight" if peak <= GPU_BYTES else "no")
                 rows.append(Row(

@@ -4,7 +4,7 @@
 step runs for real on CPU, its peak of live tensor bytes read from `torch.profiler`'s allocator
 events (`memory_trace.measured_peak`); the planner estimates the same step from fake tensors
 the way it estimates the 13B model: a miniature of one block per kind, extrapolated to the
-model's depth, plus the optimizer step's gradients and temporary (`plan.dynamic_peak`). Both
+model's depth, plus the fused optimizer step's gradients (`plan.dynamic_peak`). Both
 are counted beyond the weights and optimizer states, which are exact parameter arithmetic.
 Models: the real backbone's classes at width 128 (2 dual- + 2 single-stream blocks) and the
 small default (`configs/stage1.yaml`, 4 blocks); full fine-tuning and adapters, with and
@@ -52,7 +52,7 @@ def measure(setting: Setting, adapters: bool, ac: bool, autocast: torch.dtype | 
     for m in modules:
         m.train()
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=1e-4, foreach=True)  # as on CUDA
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True)  # as VideoModule's
     step = segment_step(dit, pack, setting.shapes, autocast, torch.Generator().manual_seed(0))
 
     def train_step() -> None:
