@@ -1,6 +1,6 @@
 """Time per frame of each metric backend vs time per frame of rollout generation (CPU by default).
 
-    python benchmarks/eval_cost.py [--json out.json] [--rollout-factory MODULE:FUNC]
+    python -m benchmarks.eval_cost [--json out.json] [--rollout-factory MODULE:FUNC]
 
 Rollout: FUNC() must return a LightningModule with `generate(image, captions, num_segments,
 generator=None, frames_per_segment=...)`; the default is
@@ -15,18 +15,15 @@ import argparse
 import importlib
 import json
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
-
-from eval.backends.registry import build_backends  # noqa: E402
-from eval.formulas import smoothness_errors  # noqa: E402
-from eval.video_scores import score_video  # noqa: E402
+from eval.backends.registry import build_backends
+from eval.formulas import smoothness_errors
+from eval.video_scores import score_video
 
 
 def _median_time(fn: Callable[[], object], reps: int) -> float:

@@ -1,6 +1,6 @@
 """Peak memory of `python -m eval` on one long high-resolution clip (default 1080p, 60 s, 30 fps).
 
-    python benchmarks/eval_memory.py [--height 1080] [--width 1920] [--seconds 60] [--fps 30]
+    python -m benchmarks.eval_memory [--height 1080] [--width 1920] [--seconds 60] [--fps 30]
         [--domain footage] [--keep DIR]
 
 Writes the clip frame by frame (a camera panning over an upscaled scikit-image photograph, or a

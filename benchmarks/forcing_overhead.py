@@ -18,7 +18,7 @@ same loop with a near-empty model (width 8, depth 1) on tiny videos of as many s
 of 16 x 16 pixels, the smallest the demo codec and SemanticPack take): the default size keeps
 the real model's teacher step many times above it, so the ratios are the model's, not the loop's.
 
-    PYTHONPATH=. python benchmarks/forcing_overhead.py [--segments 4] [--rounds 10] [--json out.json]
+    python -m benchmarks.forcing_overhead [--segments 4] [--rounds 10] [--json out.json]
 
 Half a minute to two minutes on one thread of a shared 2-core CPU, depending on its load.
 """

@@ -1,6 +1,6 @@
 """Generation quality of a checkpoint against ground truth, with an untrained floor.
 
-    python benchmarks/generation_quality.py --ckpt runs/stage1/version_0/checkpoints/last.ckpt \
+    python -m benchmarks.generation_quality --ckpt runs/stage1/version_0/checkpoints/last.ckpt \
         [--json out.json] [--num_videos 16] [--rollout_videos 16] [--depth 6] [--sample_steps N]
 
 On the held-out (val) videos of the checkpoint's own data configuration: PSNR/SSIM of frame 0 of a
@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
-
-from datamodules.synthetic import held_out_videos  # noqa: E402
-from datamodules.video_datamodule import VideoDataModule  # noqa: E402
-from eval.generation_quality import generation_quality, rollout_quality  # noqa: E402
-from lightning_modules.loading import load_module, read_checkpoint  # noqa: E402
-from lightning_modules.video_module import VideoModule  # noqa: E402
+from datamodules.synthetic import held_out_videos
+from datamodules.video_datamodule import VideoDataModule
+from eval.generation_quality import generation_quality, rollout_quality
+from lightning_modules.loading import load_module, read_checkpoint
+from lightning_modules.video_module import VideoModule
 
 ROWS = ("reference_psnr", "reference_ssim", "next_segment_psnr", "next_segment_ssim")
 

@@ -1,7 +1,7 @@
 """GPU check, one file, a few minutes on one GPU: the real-backbone code on CUDA and its throughput.
 
-    python benchmarks/gpu_check.py [--json gpu_check.json] [--peak_tflops 989] [--steps 5]
-    python benchmarks/gpu_check.py --dry_run      # the same code paths on CPU with toy sizes
+    python -m benchmarks.gpu_check [--json gpu_check.json] [--peak_tflops 989] [--steps 5]
+    python -m benchmarks.gpu_check --dry_run      # the same code paths on CPU with toy sizes
 
 1. Tiny configs on CUDA: `configs/framepack_f1/{stage1,stage2_direct_forcing}.yaml` composed
    with `small.yaml` (tiny random HunyuanVideo VAE / LLaMA / CLIP / SigLIP / FramePack-F1 folders,
@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 import warnings
@@ -40,7 +39,6 @@ from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 # Dense bf16 peak (TFLOP/s, no sparsity) by device-name substring, most specific first.
 PEAKS = (("GH200", 989.4), ("H200", 989.4), ("H100 PCIe", 756.0), ("H100 NVL", 835.0),

@@ -1,7 +1,7 @@
 """Metric validity table: every metric@backend x degradation -> mean change and PASS / FAIL, on the
 embedded renderer's videos and on real imagery.
 
-    python benchmarks/metric_validity.py [--json out.json] [--sizes 32 64] [--renders 3]
+    python -m benchmarks.metric_validity [--json out.json] [--sizes 32 64] [--renders 3]
         [--frames 16] [--photos 5] [--photo-size 192 256] [--videos DIR] [--extra role=spec ...]
 
 Domains (one column each):
@@ -24,24 +24,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the repo
-
-from datamodules.synthetic import render_video  # noqa: E402
-from eval.backends.registry import (  # noqa: E402
+from datamodules.synthetic import render_video
+from eval.backends.registry import (
     DEFAULT_SPECS,
     FOOTAGE_SPECS,
     ROLES,
     UNAVAILABLE,
     build_backends,
 )
-from eval.real_clips import load_clip_folder, photo_clips, skimage_available  # noqa: E402
-from eval.validity import run_checks  # noqa: E402
+from eval.real_clips import load_clip_folder, photo_clips, skimage_available
+from eval.validity import run_checks
 
 DEFAULT_EXTRAS = ("imaging=laplacian", "flow=opencv_dis")
 SEED = 500

@@ -1,6 +1,6 @@
 """Rollout scaling: per-segment latency and tensor memory over one long rollout (Sec. 3.1 "O(n)").
 
-    PYTHONPATH=. python benchmarks/rollout_scaling.py [--segments 64] [--json out.json]
+    python -m benchmarks.rollout_scaling [--segments 64] [--json out.json]
 
 Three modes of the same tiny model (untrained weights: cost does not depend on them):
   memorypack    FramePack-F1 context + SemanticPack memory (fixed m tokens)
@@ -273,8 +273,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes:
             raw = Path(tmp) / f"{mode}.json"
-            cmd = [sys.executable, __file__, *sizes, "--only", mode, "--raw", str(raw)]
-            subprocess.run(cmd, check=True, env=env)
+            cmd = [sys.executable, "-m", "benchmarks.rollout_scaling", *sizes, "--only", mode,
+                   "--raw", str(raw)]  # fmt: skip
+            subprocess.run(cmd, check=True, env=env, cwd=ROOT)
             results[mode] = json.loads(raw.read_text())
     summary = summarize(results, args.frames * 3 * args.resolution**2 / 2**20)
     print_table(results, summary)

@@ -3,8 +3,8 @@
 Benchmarks measure what `train.py` trains: `build_stage1` composes `configs/stage1.yaml` (DiT +
 SemanticPack, the demo's codec and text encoder) with a fragment that overrides only sizes, and
 `build_stage2` wraps the same architecture in `DirectForcingModule`, loading the stage-1 weights
-through a checkpoint file as `init_checkpoint` does. Needs the repository root on the path
-(`PYTHONPATH=.`), where `train.py` lives.
+through a checkpoint file as `init_checkpoint` does. Benchmarks run from the repository root as
+`python -m benchmarks.<name>`, which puts `train.py` on the path.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def size_overrides(
 
 def build_stage1(config: str | Path = STAGE1_CONFIG, **sizes: Any) -> VideoModule:
     """`train.build_model(config, size overrides)`: the shipped stage-1 model, on CPU."""
-    from train import build_model  # the repository root (PYTHONPATH=.) holds train.py
+    from train import build_model  # the repository root (python -m benchmarks.<name>)
 
     with tempfile.TemporaryDirectory() as tmp:
         fragment = Path(tmp) / "sizes.yaml"

@@ -1,9 +1,9 @@
 """Training throughput of the shipped stage-1 step against a minimal DiT of the same size, timed
 alternately in one run: tokens/s, MFU and their ratio.
 
-    PYTHONPATH=. python -m benchmarks.train_throughput                      # CPU: fp32, 1 thread
-    PYTHONPATH=. python -m benchmarks.train_throughput --sizes default --rounds 20 --json out.json
-    PYTHONPATH=. python -m benchmarks.train_throughput --precision bf16 --width 1024 --depth 8 \
+    python -m benchmarks.train_throughput                      # CPU: fp32, 1 thread
+    python -m benchmarks.train_throughput --sizes default --rounds 20 --json out.json
+    python -m benchmarks.train_throughput --precision bf16 --width 1024 --depth 8 \
         --resolution 128 128                                                # CUDA: card's peak
 
 Sizes: `default` is configs/stage1.yaml as the demo trains it (width 128, depth 4, 2 heads,

@@ -5,9 +5,14 @@ Every `every_n_epochs` validation epochs (and at `test`) the held-out videos of
 and (`probe_videos` > 0) the memory probe are scored by `eval/rollout.py`, which also documents the
 metrics and the DDP / FSDP sharding; this callback chooses when, and logs: `eval/<length>/<metric>`
 scalars (`.../ground_truth/...` for the true videos, with `fraction_shorter`), `eval/probe/<key>`,
-per-segment curves `eval_curve/<length>/<metric>` (TensorBoard, segment = step), a few rollouts as
-TensorBoard videos, every rollout as mp4 and a Tab. 1-style results table. `results` and `curves`
-keep the last evaluation's numbers (`experiments/reproduce.py` reads them).
+per-segment curves as scalars `eval_curve/<length>/<metric>/seg<kk>` at the global step (so
+evaluations add points instead of overwriting each other) and as a figure `eval_curve/<length>`,
+a few rollouts as TensorBoard videos beside their ground truth, every rollout as mp4 and a Tab.
+1-style results table. Files are named by stage and step (`eval_val_step0002880.md`; outside
+`fit`, by the checkpoint's run and step: `eval_test_stage1_version_0_step0002880.md`) and never
+overwrite an earlier evaluation's. `results` and `curves` keep the last evaluation's numbers
+(`experiments/reproduce.py` reads them). A progress bar follows the rollouts (rank 0, when the
+trainer shows one).
 """
 
 from __future__ import annotations
@@ -17,11 +22,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
+from callbacks.run_paths import model_step, run_label
+from callbacks.tensorboard import RESULT_METRICS, curve_figure, layout, tensorboard_writer
+from callbacks.video_logger import ground_truth
 from datamodules.video_io import write_video
 from eval import rollout
 from eval.backends.registry import BackendSet, build_backends
 from eval.results_table import write_results_table
+from eval.video_scores import score_keys
 
 __all__ = ["RolloutEvalCallback"]
 LENGTHS = {"short": 2, "medium": 4, "long": 8}  # rollout lengths in segments, by default
@@ -69,6 +80,26 @@ class RolloutEvalCallback(L.Callback):
         """Always at `trainer.test`, regardless of `every_n_epochs`."""
         self.evaluate(trainer, pl_module, stage="test")
 
+    def backends(self) -> BackendSet:
+        """The metric backends, built on first use (no model loading at construction)."""
+        if self._backends is None:
+            specs = self.backend_specs
+            self._backends = specs if isinstance(specs, BackendSet) else build_backends(specs)
+        return self._backends
+
+    def hparam_metrics(self) -> list[str]:
+        """Result tags for TensorBoard's hparams table: the longest rollout's metrics and drifts,
+        and the memory probe's accuracy (`callbacks/config_logger.py`)."""
+        longest = max(self.lengths, key=self.lengths.__getitem__)
+        keys = [k for k in score_keys(self.backends()) if not k.startswith(("start/", "end/"))]
+        return [f"eval/{longest}/{k}" for k in keys if k.partition("@")[0].split("/")[-1]
+                in RESULT_METRICS] + (["eval/probe/memory"] if self.probe_videos else [])  # fmt: skip
+
+    def tensorboard_layout(self) -> dict:
+        """The custom-scalar charts of what this callback logs (`callbacks/tensorboard.py`)."""
+        names = [n.partition("@")[0] for n in rollout.curve_names(self.backends())]
+        return layout(self.lengths, names, bool(self.probe_videos))
+
     def evaluate(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Roll out, score, reduce across ranks and log; the same collectives on every rank."""
         dm = getattr(trainer, "datamodule", None)
@@ -76,28 +107,26 @@ class RolloutEvalCallback(L.Callback):
         if val_set is None or len(val_set) == 0:
             warnings.warn("RolloutEvalCallback: datamodule has no val_set; skipping", stacklevel=2)
             return
-        if self._backends is None:
-            specs = self.backend_specs
-            self._backends = specs if isinstance(specs, BackendSet) else build_backends(specs)
-        backends = self._backends.to(pl_module.device)
+        backends = self.backends().to(pl_module.device)
         count = min(self.num_videos, len(val_set))
         shard = rollout.shard_indices(count, trainer.global_rank, trainer.world_size)
         out_dir = Path(self.output_dir or trainer.log_dir or trainer.default_root_dir)
-        tag = f"{stage}_epoch{trainer.current_epoch:04d}"
+        step = model_step(trainer, pl_module)
+        tag = trainer.strategy.broadcast(self._tag(trainer, stage, step, out_dir))
         rows, was_training = [], pl_module.training
+        bar = self._progress_bar(trainer, len(shard))
         pl_module.eval()
         try:
             for name, segments in self.lengths.items():
                 videos = out_dir / "rollouts" / tag / name
                 got = rollout.rollout_scores(
                     pl_module, rollout.pick_examples(val_set, shard), segments, dm.segment_frames,
-                    backends, float(dm.fps), self.seed, self._video_writer(trainer, name, videos),
+                    backends, float(dm.fps), self.seed,
+                    self._video_writer(trainer, pl_module, name, videos, step),
+                    on_segment=None if bar is None else lambda _: bar.update(1),
                 )  # fmt: skip
                 self._log(pl_module, f"eval/{name}", got.scores)
-                for metric, values in got.curves.items() if trainer.is_global_zero else ():
-                    for segment, value in enumerate(values):
-                        self._experiment(trainer, "add_scalar", f"eval_curve/{name}/{metric}",
-                                         value, global_step=segment)  # fmt: skip
+                self._log_curves(trainer, name, got.curves, step)
                 self.results[name], self.curves[name] = got.scores, got.curves
                 rows.append(({"model": type(pl_module).__name__, "length": name}, got.scores))
                 if (name, segments) not in self._ground_truth:  # the data do not change
@@ -110,6 +139,8 @@ class RolloutEvalCallback(L.Callback):
                     label = rollout.ground_truth_label(truth[1], count)
                     rows.append(({"model": label, "length": name}, truth[0]))
                     self.results[f"{name}/ground_truth"] = scores
+            if bar is not None and self.probe_videos:
+                bar.set_description("memory probe")
             probe = self.probe_videos and rollout.probe_scores(
                 pl_module, self.probe_videos, dm.resolution, dm.segment_frames,
                 trainer.global_rank, trainer.world_size, self.seed,
@@ -119,31 +150,77 @@ class RolloutEvalCallback(L.Callback):
                 self.results["probe"] = probe
         finally:
             pl_module.train(was_training)
+            if bar is not None:
+                bar.close()
         if trainer.is_global_zero:
             write_results_table(rows, out_dir, stem=f"eval_{tag}")
+
+    def _tag(self, trainer: L.Trainer, stage: str, step: int, out_dir: Path) -> str:
+        """`val_step0002880`; outside fit the checkpoint's run is named too; `-2`, `-3`, ... when
+        an evaluation of the same name is already in `out_dir`."""
+        run = "" if stage == "val" else f"{run_label(trainer.ckpt_path)}_"
+        tag = base = f"{stage}_{run}step{step:07d}"
+        n = 1
+        while (out_dir / f"eval_{tag}.csv").exists() or (out_dir / "rollouts" / tag).exists():
+            n += 1
+            tag = f"{base}-{n}"
+        return tag
+
+    def _progress_bar(self, trainer: L.Trainer, shard: int) -> tqdm | None:
+        """A bar over every segment this rank generates (rank 0, if the trainer shows bars)."""
+        if not trainer.is_global_zero or trainer.progress_bar_callback is None:
+            return None
+        total = shard * sum(self.lengths.values())
+        return tqdm(total=total, desc="rollout evaluation", unit="segment", leave=False)
+
+    def _log_curves(
+        self, trainer: L.Trainer, name: str, curves: dict[str, list[float]], step: int
+    ) -> None:
+        """Per-segment scalars at the global step (one tag per segment) and a figure."""
+        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
+        if writer is None:
+            return
+        for metric, values in curves.items():
+            short = metric.partition("@")[0]
+            for segment, value in enumerate(values):
+                writer.add_scalar(f"eval_curve/{name}/{short}/seg{segment:02d}", value, step)
+        writer.add_figure(f"eval_curve/{name}", curve_figure(curves, f"{name}, step {step}"), step)
 
     @staticmethod
     def _log(pl_module: L.LightningModule, prefix: str, scores: dict[str, float]) -> None:
         for key, value in scores.items():
             pl_module.log(f"{prefix}/{key}", value, rank_zero_only=False)
 
-    def _video_writer(self, trainer: L.Trainer, name: str, directory: Path) -> rollout.OnVideo:
-        """Writes each counted rollout as mp4; rank 0 also logs the first `num_logged_videos`."""
+    def _video_writer(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        name: str,
+        directory: Path,
+        step: int,
+    ) -> rollout.OnVideo:
+        """Writes each counted rollout of this rank as mp4; rank 0 also logs the first
+        `num_logged_videos` to TensorBoard beside their ground truth (rollout left, truth right)."""
         fps, logged = float(trainer.datamodule.fps), [0]
+        writer = tensorboard_writer(trainer) if trainer.is_global_zero else None
 
         def write(index: int, frames: torch.Tensor) -> None:
             write_video(directory / f"video{index:04d}.mp4", frames, fps)
-            if trainer.is_global_zero and logged[0] < self.num_logged_videos:
-                self._experiment(trainer, "add_video", f"rollout/{name}/{index:04d}",
-                                 frames.unsqueeze(0), global_step=trainer.global_step, fps=fps)  # fmt: skip
+            if writer is not None and logged[0] < self.num_logged_videos:
+                truth = ground_truth(trainer.datamodule.val_set[index], pl_module)
+                pair = beside(frames, truth)
+                writer.add_video(f"rollout/{name}/{index:04d}", pair[None], step, fps=fps)
                 logged[0] += 1
 
         return write
 
-    @staticmethod
-    def _experiment(trainer: L.Trainer, method: str, *args: object, **kwargs: object) -> None:
-        """Call `method` (add_video, add_scalar) on the first logger that records videos."""
-        for logger in trainer.loggers:
-            if hasattr(logger.experiment, "add_video"):  # TensorBoard (moviepy<2 encodes)
-                getattr(logger.experiment, method)(*args, **kwargs)
-                return
+
+def beside(rollout_frames: torch.Tensor, truth: torch.Tensor, gap: int = 2) -> torch.Tensor:
+    """uint8 [T, 3, H, 2W + gap]: the rollout left, its ground truth right (black after the
+    truth's end when it is shorter)."""
+    frames = rollout_frames.shape[0]
+    truth = truth[:frames]
+    if truth.shape[0] < frames:
+        truth = F.pad(truth, (0, 0, 0, 0, 0, 0, 0, frames - truth.shape[0]))
+    space = torch.full((frames, 3, rollout_frames.shape[2], gap), 255, dtype=torch.uint8)
+    return torch.cat([rollout_frames, space, truth.to(torch.uint8)], dim=-1)

@@ -5,15 +5,25 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
+from einops import rearrange, repeat
 from lightning.pytorch.loggers import TensorBoardLogger
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from callbacks.run_paths import model_step
 from datamodules.video_io import write_video
 from lightning_modules.codecs import to_uint8
 from lightning_modules.conditioning import IMAGE, TEXT, CachedConditioning, stack_parts
+
+
+def image_grid(frames: torch.Tensor, padding: int = 2, pad_value: int = 255) -> torch.Tensor:
+    """uint8 cells [rows, cols, 3, H, W] -> one image [3, rows (H + p) + p, cols (W + p) + p],
+    `padding` pixels of `pad_value` around every cell: torchvision's `make_grid` with an explicit
+    row/column layout, in einops (torchvision cannot be installed beside this torch)."""
+    cells = F.pad(frames, (padding, 0, padding, 0), value=pad_value)  # each cell's top/left
+    grid = rearrange(cells, "r c ch h w -> ch (r h) (c w)")
+    return F.pad(grid, (0, padding, 0, padding), value=pad_value)  # the bottom/right border
 
 
 def contact_sheet(
@@ -22,34 +32,22 @@ def contact_sheet(
     """One image: for each example a ground-truth row over a rollout row, frame by frame.
 
     truths[i], rollouts[i]: uint8 [T, 3, H, W] (a ground truth shorter than its rollout leaves
-    the rest of its row black). Frames are enlarged `scale` times (nearest) so a 32 x 32 video
-    stays readable; each row is labelled. Returns uint8 [3, H', W'].
+    the rest of its row blank). Frames are enlarged `scale` times (nearest) so a 32 x 32 video
+    stays readable, with `gap` white pixels around each. Rows: truth 0, rollout 0, truth 1, ...
+    Returns uint8 [3, H', W'].
     """
     if len(truths) != len(rollouts) or not truths:
         raise ValueError(
             f"need as many truths as rollouts (> 0), got {len(truths)}, {len(rollouts)}"
         )
-    _, c, h, w = rollouts[0].shape
     frames = max(r.shape[0] for r in rollouts)
-    label = 34  # pixels of label column
-    cell_h, cell_w = h * scale + gap, w * scale + gap
-    sheet = torch.full(
-        (c, 2 * len(rollouts) * cell_h, label + frames * cell_w), 255, dtype=torch.uint8
-    )
-    names = []
-    for i, (truth, rollout) in enumerate(zip(truths, rollouts, strict=True)):
-        for j, (name, video) in enumerate((("true", truth), ("gen", rollout))):
-            top = (2 * i + j) * cell_h
-            names.append((top, name))
-            big = F.interpolate(video[:frames].float(), scale_factor=scale, mode="nearest")
-            for k, frame in enumerate(big.to(torch.uint8)):
-                left = label + k * cell_w
-                sheet[:, top : top + h * scale, left : left + w * scale] = frame
-    image = Image.fromarray(sheet.permute(1, 2, 0).numpy())
-    draw = ImageDraw.Draw(image)
-    for top, name in names:
-        draw.text((2, top + h * scale // 2 - 5), name, fill=(0, 0, 0))
-    return torch.from_numpy(np.asarray(image)).permute(2, 0, 1).contiguous()
+    rows = []
+    for video in (v for pair in zip(truths, rollouts, strict=True) for v in pair):
+        video = video[:frames]
+        blank = frames - video.shape[0]  # a short ground truth: white cells after its end
+        rows.append(F.pad(video, (0, 0, 0, 0, 0, 0, 0, blank), value=255))
+    cells = repeat(torch.stack(rows), "r t c h w -> r t c (h s) (w z)", s=scale, z=scale)
+    return image_grid(cells, padding=gap)
 
 
 @torch.no_grad()
@@ -81,9 +79,9 @@ class RolloutVideoLogger(L.Callback):
     """Every `every_n_validations` validation runs, roll out `num_videos` held-out examples.
 
     Every rank runs `generate` (sharded models need all ranks in the forward); rank 0 logs the
-    video with `add_video` and writes `<log_dir>/rollouts/step_<global_step>_<i>.mp4`, plus a
-    contact sheet of the rollouts under their ground truth: `<log_dir>/rollouts/sheet.png` (the
-    latest) and the TensorBoard image `rollout/sheet`.
+    video with `add_video` and writes `<log_dir>/rollouts/step_<step>_<i>.mp4`, plus a contact
+    sheet of the rollouts under their ground truth: `<log_dir>/rollouts/sheet_step_<step>.png`,
+    a copy of the latest as `sheet.png`, and the TensorBoard image `rollout/sheet`.
     """
 
     def __init__(
@@ -129,17 +127,18 @@ class RolloutVideoLogger(L.Callback):
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "rollouts"
         if not trainer.is_global_zero:
             return
+        step = model_step(trainer, pl_module)
         for i, frames in enumerate(video):
-            path = out_dir / f"step_{trainer.global_step:07d}_{i}.mp4"
+            path = out_dir / f"step_{step:07d}_{i}.mp4"
             write_video(path, frames, dm.fps)
             self.written.append(path)
         truths = [ground_truth(e, pl_module) for e in examples]
         sheet = contact_sheet(truths, list(video))
-        self.sheet = out_dir / "sheet.png"
-        Image.fromarray(sheet.permute(1, 2, 0).numpy()).save(self.sheet)
+        image = Image.fromarray(sheet.permute(1, 2, 0).numpy())
+        self.sheet = out_dir / f"sheet_step_{step:07d}.png"
+        image.save(self.sheet)
+        image.save(out_dir / "sheet.png")  # the latest, at a fixed path
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
-                logger.experiment.add_video(
-                    "rollout/val", video, global_step=trainer.global_step, fps=int(dm.fps)
-                )
-                logger.experiment.add_image("rollout/sheet", sheet, global_step=trainer.global_step)
+                logger.experiment.add_video("rollout/val", video, global_step=step, fps=int(dm.fps))
+                logger.experiment.add_image("rollout/sheet", sheet, global_step=step)

@@ -13,6 +13,11 @@ Example: `python -m eval runs/rollouts --backends subject=dino_vitb16:/ckpt/dino
 generated ones imitate), each decoded at the scored videos' fps, resized and centre-cropped to their
 size and cut to the longest scored video's frame count (a shorter one contributes all it has), so
 both rows are measured alike.
+
+A file that cannot be opened or decoded is skipped with a warning naming it (training skips such
+files too) and counted at the end; a degenerate video (too short for the dynamic-degree rule, or
+flat frames: `eval/degenerate.py`) gets a row that says so, with no scores, and stays out of the
+MEAN. The same holds for the reference videos.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +40,7 @@ from eval.backends.registry import (
     build_backends,
     domain_of,
 )
+from eval.degenerate import reason_for, spatial_std
 from eval.results_table import format_markdown, write_results_table
 from eval.video_scores import GLOBAL_METRICS, metric_names, score_keys, score_video_stream
 
@@ -107,27 +115,61 @@ def main(argv: list[str] | None = None) -> int:
     specs = _parse_specs(args.backends)
     backends = build_backends(specs, device=args.device, defaults=_DEFAULTS[args.domain])
     keys = score_keys(backends)
-    rows = []
+    nan = dict.fromkeys(keys, math.nan)
+    unreadable: list[str] = []  # the files skipped, reported at the end
+    degenerate: list[str] = []
+
+    def score(path: Path, label: str, **kwargs: Any) -> tuple[dict[str, float], _Shape] | None:
+        """(scores, the stream's shape), or None after a warning naming a file that cannot be
+        read (only probing and decoding errors: an error while scoring is a bug and stops)."""
+        shape = _Shape()
+        try:
+            shape.fps = float(kwargs.get("fps") or args.fps or probe_video(path)[1])
+            chunks = shape.track(iter_video_chunks(path, **kwargs))
+            return score_video_stream(chunks, backends, shape.fps), shape
+        except (_Unreadable, RuntimeError, ValueError, OSError) as err:
+            if not isinstance(err, _Unreadable) and shape.frames:
+                raise  # decoded fine, so scoring failed: not the file's fault
+            warnings.warn(f"skipping unreadable video {path}: {err}", stacklevel=2)
+            unreadable.append(label)
+            return None
+
+    rows: list[tuple[dict[str, str], dict[str, float]]] = []
+    scored: list[dict[str, float]] = []
     longest, size, first_fps = 0, (0, 0), 0.0
     for path in videos:
-        fps = args.fps or probe_video(path)[1]
-        shape = _Shape()
-        scores = score_video_stream(shape.track(iter_video_chunks(path)), backends, fps=fps)
+        if (result := score(path, path.name)) is None:
+            continue
+        scores, shape = result
         if not rows:
-            size, first_fps = shape.size, fps
+            size, first_fps = shape.size, shape.fps
+        if (reason := reason_for(shape.frames, shape.spread, shape.fps)) is not None:
+            warnings.warn(f"not scoring {path}: {reason}", stacklevel=1)
+            degenerate.append(path.name)
+            rows.append(({"video": path.name, "status": reason}, nan))
+            continue
         longest = max(longest, shape.frames)
-        rows.append(({"video": path.name}, scores))
-    rows.append(({"video": "MEAN"}, _mean([s for _, s in rows], keys)))
+        scored.append(scores)
+        rows.append(({"video": path.name, "status": "scored"}, scores))
+    if not rows:
+        raise SystemExit(f"no readable .mp4 files in {args.folder} ({len(unreadable)} unreadable)")
+    rows.append(({"video": "MEAN", "status": f"{len(scored)} scored"}, _mean(scored, keys)))
     if references:
-        truth = [
-            score_video_stream(
-                iter_video_chunks(path, fps=first_fps, size=size, max_frames=longest),
-                backends,
-                first_fps,
-            )
-            for path in references
-        ]
-        rows.append(({"video": f"ground truth ({len(truth)} videos)"}, _mean(truth, keys)))
+        truth = []
+        for path in references:
+            label = f"{args.reference.name}/{path.name}"
+            cut = {"fps": first_fps, "size": size, "max_frames": longest or None}
+            if (result := score(path, label, **cut)) is None:
+                continue
+            if (reason := reason_for(result[1].frames, result[1].spread, first_fps)) is not None:
+                warnings.warn(f"--reference: not scoring {path}: {reason}", stacklevel=1)
+                degenerate.append(label)
+                continue
+            truth.append(result[0])
+        if not truth:
+            raise SystemExit(f"--reference: no scorable .mp4 files in {args.reference}")
+        label = f"ground truth ({len(truth)} videos)"
+        rows.append(({"video": label, "status": f"{len(truth)} scored"}, _mean(truth, keys)))
 
     csv_path = args.csv or args.folder / "scores.csv"
     written = write_results_table(rows, csv_path.parent, stem=csv_path.stem)
@@ -135,21 +177,36 @@ def main(argv: list[str] | None = None) -> int:
     written.with_suffix(".md").write_text(text)
     sys.stdout.write(text)
     sys.stdout.write(f"\nwrote {written} and {written.with_suffix('.md')}\n")
+    if unreadable:
+        sys.stdout.write(f"skipped {len(unreadable)} unreadable: {', '.join(unreadable)}\n")
+    if degenerate:
+        sys.stdout.write(f"not scored, degenerate: {len(degenerate)}: {', '.join(degenerate)}\n")
     return 0
 
 
+class _Unreadable(Exception):
+    """A decoding error met inside the stream, told apart from an error while scoring."""
+
+
 class _Shape:
-    """Records the frame count and size of a chunk stream as it passes through."""
+    """Records the frame count, size and largest spatial std (`eval/degenerate.py`) of a chunk
+    stream as it passes through; a decoding error comes out as `_Unreadable`."""
 
     def __init__(self) -> None:
         self.frames = 0
         self.size = (0, 0)
+        self.spread = 0.0
+        self.fps = 0.0
 
     def track(self, chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        for chunk in chunks:
-            self.frames += chunk.shape[0]
-            self.size = (int(chunk.shape[-2]), int(chunk.shape[-1]))
-            yield chunk
+        try:
+            for chunk in chunks:
+                self.frames += chunk.shape[0]
+                self.size = (int(chunk.shape[-2]), int(chunk.shape[-1]))
+                self.spread = max(self.spread, spatial_std(chunk))
+                yield chunk
+        except (RuntimeError, ValueError, OSError) as err:
+            raise _Unreadable(str(err)) from err
 
 
 if __name__ == "__main__":

@@ -22,27 +22,31 @@ the rollout holds (`eval/motion.py`), and the seams on the DiT's token grid.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
-from torchmetrics.functional.image import structural_similarity_index_measure
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
 
 from eval.motion import MOTION_KEYS, grid_edge, motion_scores, pair_motion
 from lightning_modules.codecs import to_uint8
 
 __all__ = ["generation_quality", "psnr", "rollout_quality", "ssim", "token_grid"]
+MAX_PSNR = 100.0  # dB
 
 
 def psnr(a: Tensor, b: Tensor) -> float:
-    """PSNR in dB of two uint8 videos/images of the same shape (peak 255)."""
+    """PSNR in dB of two uint8 videos/images of the same shape (peak 255; torchmetrics), capped
+    at 100 dB (identical inputs: torchmetrics gives inf, which would swamp a mean)."""
     if a.shape != b.shape:
         raise ValueError(f"psnr needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    mse = ((a.float() - b.float()) / 255).pow(2).mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-10))
+    value = peak_signal_noise_ratio(a.float(), b.float(), data_range=255.0)
+    return min(float(value), MAX_PSNR)
 
 
 def ssim(a: Tensor, b: Tensor) -> float:

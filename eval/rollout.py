@@ -3,7 +3,10 @@ score them, score their ground truth, run the memory probe. `callbacks/rollout_e
 during training and logs what it returns; `experiments/` reads the same numbers.
 
 Scores: the VBench-style metrics and Eq. 8 drifts of `eval.video_scores`, reduced over videos and
-ranks with `eval.metric.VideoScoreMean` (sum states, per-video mean), plus per-segment curves.
+ranks with `eval.metric.VideoScoreMean` (sum states, per-video mean), plus per-segment curves,
+among them `psnr`: each rollout segment against the same segment of its held-out video (PSNR by
+depth; a rollout starts from that video's first frame, so depth 0 is image-to-video fidelity and
+the fall with depth is how fast the rollout leaves the data).
 
 DDP / FSDP: examples are sharded i = rank, rank + world, ...; every rank makes the same number of
 `generate` calls (a short shard is padded with a stand-in example whose result is discarded),
@@ -21,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from datamodules.synthetic.probe_scene import probe_set
 from eval.backends.registry import BackendSet
@@ -33,15 +37,18 @@ from eval.video_scores import (
     scores_from_outputs,
     segment_curves,
 )
+from lightning_modules.codecs import to_uint8
 from lightning_modules.memory_pack import history_reach
 
 __all__ = [
+    "PSNR_CURVE",
     "RolloutScores",
     "curve_names",
     "ground_truth_label",
     "ground_truth_scores",
     "pick_examples",
     "probe_scores",
+    "psnr_by_segment",
     "rollout_scores",
     "shard_indices",
 ]
@@ -55,6 +62,7 @@ CURVE_METRICS = (
     "dynamic_fraction",
     "motion_smoothness",
 )
+PSNR_CURVE = "psnr"  # per-segment PSNR against the held-out video (dB, uint8 frames)
 Example = dict[str, Any]
 OnVideo = Callable[[int, Tensor], None]  # (example index, uint8 frames [T, 3, H, W])
 
@@ -94,6 +102,23 @@ def curve_names(backends: BackendSet) -> list[str]:
     return [names[m] for m in CURVE_METRICS if not names[m].endswith("@unavailable")]
 
 
+def psnr_by_segment(
+    frames: Tensor, example: Example, segments: int, frames_per_segment: int
+) -> list[float]:
+    """PSNR (dB) of each rollout segment of uint8 `frames` [T, 3, H, W] against the same segment
+    of the example's true `video` (NaN where the true video is shorter or absent)."""
+    truth = example.get("video")
+    out = []
+    for s in range(segments):
+        if truth is None or s >= truth.shape[0]:
+            out.append(math.nan)
+            continue
+        true = to_uint8(truth[s])
+        got = frames[s * frames_per_segment : (s + 1) * frames_per_segment]
+        out.append(float(peak_signal_noise_ratio(got.float(), true.float(), data_range=255.0)))
+    return out
+
+
 @dataclass
 class RolloutScores:
     """Mean scores over the (global) rollouts and per-segment curves {metric: [segment values]}."""
@@ -111,19 +136,23 @@ def rollout_scores(
     fps: float,
     seed: int = 0,
     on_video: OnVideo | None = None,
+    on_segment: Callable[[int], None] | None = None,
 ) -> RolloutScores:
     """Roll out each (index, example) for `segments` segments (noise seeded by seed + index) and
-    score it; `on_video(index, uint8 frames [T, 3, H, W])` sees each counted rollout."""
+    score it; `on_video(index, uint8 frames [T, 3, H, W])` sees each counted rollout and
+    `on_segment(k)` (a progress bar) each generated segment."""
     device = model.device
     metric = VideoScoreMean(score_keys(backends)).to(device)
-    curves = VideoScoreMean([f"{k}/{s}" for k in curve_names(backends) for s in range(segments)])
+    names = [*curve_names(backends), PSNR_CURVE]
+    curves = VideoScoreMean([f"{k}/{s}" for k in names for s in range(segments)])
+    progress = {"on_segment": on_segment} if on_segment is not None else {}
     curves = curves.to(device)
     for index, example in examples:
         image = example["image"].unsqueeze(0).to(device)
         gen = torch.Generator(device=device).manual_seed(seed + (index or 0))
         with torch.no_grad():
             video = model.generate(image, [example["caption"]], segments, generator=gen,
-                                   frames_per_segment=frames_per_segment)  # fmt: skip
+                                   frames_per_segment=frames_per_segment, **progress)  # fmt: skip
         if video.dtype != torch.uint8 or video.ndim != 5 or video.shape[2] != 3:
             raise ValueError(
                 f"generate must return uint8 [b, T, 3, H, W], got {video.dtype} {tuple(video.shape)}"
@@ -134,6 +163,7 @@ def rollout_scores(
         out = compute_per_frame(frames, backends, fps)
         metric.update(scores_from_outputs(out, backends))
         per_segment = segment_curves(out, backends, segments)
+        per_segment[PSNR_CURVE] = psnr_by_segment(frames, example, segments, frames_per_segment)
         curves.update(
             {f"{k}/{s}": v for k, vals in per_segment.items() for s, v in enumerate(vals)}
         )

@@ -15,6 +15,9 @@ DIR/runs/<variant>/seed<s>/ (TensorBoard logs, the composed config.yaml, eval ta
 result.json). A run with a result.json is finished and skipped when the command is run again, so
 an interrupted study resumes; a run directory without one is an interrupted run, redone.
 
+A progress bar counts the finished runs (on a terminal; the `[study]` lines say which run is
+where in any log).
+
 `--jobs N` runs N runs at once, each in its own process with cores / N torch threads (logs in
 DIR/logs/); a stage-2 run waits for its seed's MemoryPack run. Small models use a second thread
 poorly, so on a free 2-core machine two one-thread runs get through more steps than one run.
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+from tqdm.auto import tqdm
 
 from experiments.budgets import BUDGETS, STAGE2_FROM, VARIANTS, Budget, Variant
 from lightning_modules.training.checkpoints import read_checkpoint
@@ -243,6 +247,11 @@ def run_variant(out: Path, budget: Budget, variant: Variant, seed: int, keep: bo
     gc.collect()
 
 
+def study_bar(total: int) -> tqdm:
+    """The study's progress: one tick per finished run (shown on a terminal)."""
+    return tqdm(total=total, desc="study", unit="run", disable=None, dynamic_ncols=True)
+
+
 def run_in_parallel(
     out: Path, name: str, todo: list[tuple[Variant, int]], jobs: int, keep: bool
 ) -> tuple[list[tuple[str, int]], list[tuple[str, int]]]:
@@ -256,6 +265,7 @@ def run_in_parallel(
     pending, running = list(todo), {}
     finished: list[tuple[str, int]] = []
     failed: list[tuple[str, int]] = []
+    bar = study_bar(len(todo))
     while pending or running:
         for variant, seed in list(pending):
             if len(running) >= jobs:
@@ -284,10 +294,12 @@ def run_in_parallel(
             del running[key]
             done = (key[0].name, key[1])
             (finished if process.returncode == 0 else failed).append(done)
+            bar.update(1)
             if process.returncode == 0:
                 write_report(out, name, BUDGETS[name])
             else:
                 print(f"[study] {done} failed ({process.returncode}): {log.name}", flush=True)
+    bar.close()
     return finished, failed
 
 
@@ -347,11 +359,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if failed:
             write_report(args.out, args.budget, budget)
             raise SystemExit(f"runs failed: {failed}; see {args.out / 'logs'}")
-    for variant, seed in todo if args.jobs <= 1 else []:
-        print(f"[study] {variant.name} seed {seed}", flush=True)
-        run_variant(args.out, budget, variant, seed, args.keep_checkpoints)
-        ran.append((variant.name, seed))
-        write_report(args.out, args.budget, budget)
+    else:
+        bar = study_bar(len(todo))
+        for variant, seed in todo:
+            bar.set_postfix_str(f"{variant.name} seed {seed}")
+            print(f"[study] {variant.name} seed {seed}", flush=True)
+            run_variant(args.out, budget, variant, seed, args.keep_checkpoints)
+            ran.append((variant.name, seed))
+            write_report(args.out, args.budget, budget)
+            bar.update(1)
+        bar.close()
     write_report(args.out, args.budget, budget)
     seconds = time.time() - started
     print(f"[study] {len(ran)} runs trained, {len(skipped)} kept; {seconds:.0f} s; {args.out}")

@@ -45,10 +45,10 @@ from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import TextEncoder
 from lightning_modules.training.parallel import no_backward_sync
 from lightning_modules.training.stage1 import (
+    architecture_hparams,
     load_stage1_weights,
-    read_stage1_checkpoint,
-    resolve_architecture,
     stage1_adapters,
+    stage1_start,
 )
 from lightning_modules.video_module import VideoModule
 
@@ -85,6 +85,10 @@ class DirectForcingModule(VideoModule):
             with fresh noise (lo == hi: a fixed t), 0 <= lo <= hi < 1.
         segments_per_step: segments per optimizer step; None = one step per video.
         gradient_clip_val: clip the accumulated gradient norm before each step (None = off).
+        init_checkpoint_sha256: set by the module itself (leave None): the sha256 of
+            `init_checkpoint` when this stage-2 model was first built. With it (a stage-2
+            checkpoint rebuilt from its hyperparameters, which also hold stage 1's architecture)
+            the stage-1 file may be absent; if present it must have this hash.
         **kwargs: the remaining `VideoModule` arguments (lr, timestep sampling, sampler...);
             `adapters` come from stage 1 (stage 2 then trains its head on the adapted model).
     """
@@ -103,15 +107,18 @@ class DirectForcingModule(VideoModule):
         estimate_t: tuple[float, float] | None = None,
         segments_per_step: int | None = None,
         gradient_clip_val: float | None = None,
+        init_checkpoint_sha256: str | None = None,
         **kwargs: Any,
     ) -> None:
-        ckpt = read_stage1_checkpoint(init_checkpoint)
-        given = {"dit": dit, "codec": codec, "text_encoder": text_encoder}
-        parts = resolve_architecture(
-            ckpt, init_checkpoint, {**given, "semantic_pack": semantic_pack}
-        )
+        given = {"dit": dit, "codec": codec, "text_encoder": text_encoder,
+                 "semantic_pack": semantic_pack}  # fmt: skip
+        ckpt, parts, digest = stage1_start(init_checkpoint, init_checkpoint_sha256, given)
         adapters = stage1_adapters(ckpt, init_checkpoint, kwargs.pop("adapters", None))
         super().__init__(**parts, adapters=adapters, **kwargs)
+        # Self-contained: the checkpoint records stage 1's architecture and the file's hash.
+        self.hparams["init_checkpoint_sha256"] = digest
+        if ckpt is not None:
+            self.hparams.update(architecture_hparams(ckpt, parts))
         if history not in ("teacher", "direct", "student"):
             raise ValueError(f"history must be teacher, direct or student, got {history!r}")
         if estimate_t is not None and not (0 <= estimate_t[0] <= estimate_t[1] < 1):
@@ -127,9 +134,10 @@ class DirectForcingModule(VideoModule):
         if not trainable:
             raise ValueError("trainable must name at least one parameter pattern, got none")
         self.trainable_patterns = list(trainable)
-        # Weights load here, at construction: a run resumed with --ckpt_path restores its own
-        # weights afterwards, so the stage-1 file must exist but its values are then replaced.
-        load_stage1_weights(self, ckpt, init_checkpoint)
+        # Weights load here, at construction (a run resumed with --ckpt_path, or a stage-2
+        # checkpoint being loaded, then replaces them with its own).
+        if ckpt is not None:
+            load_stage1_weights(self, ckpt, init_checkpoint)
         self._freeze()
         self.train(self.training)  # frozen parts start in eval; every later train() keeps them so
         self.automatic_optimization = False  # segments accumulate; we decide when to step

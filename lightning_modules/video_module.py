@@ -99,10 +99,13 @@ class VideoModule(L.LightningModule):
         adapters: LoraAdapters | None = None,
     ) -> None:
         super().__init__()
-        if not 0.0 <= memory_focus <= 1.0:
-            raise ValueError(f"memory_focus must be a probability in [0, 1], got {memory_focus}")
-        if memory_lr_scale <= 0:
-            raise ValueError(f"memory_lr_scale must be > 0, got {memory_lr_scale}")
+        check_settings(
+            timestep_sampling=timestep_sampling, logit_std=logit_std, shift=shift,
+            prompt_dropout=prompt_dropout, lr=lr, weight_decay=weight_decay, betas=betas,
+            warmup_steps=warmup_steps, lr_schedule=lr_schedule, sample_steps=sample_steps,
+            sample_shift=sample_shift, cfg_scale=cfg_scale, rollout_segments=rollout_segments,
+            memory_focus=memory_focus, memory_lr_scale=memory_lr_scale,
+        )  # fmt: skip
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
         # rebuilds the exact networks; outside the CLI the modules themselves are stored.
         self.save_hyperparameters()
@@ -345,7 +348,10 @@ class VideoModule(L.LightningModule):
             checkpoint[frozen_parts.RECORD_KEY] = frozen_parts.records(self)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse pretrained folders other than those the checkpoint was trained with, and
+        remember its step: outputs of validate/test/predict are named by it."""
         frozen_parts.check_records(self, checkpoint, "the checkpoint")
+        self.loaded_step = int(checkpoint.get("global_step", 0))
 
     # ----------------------------------------------------------------- adapters
     def merge_adapters(self) -> int:
@@ -372,6 +378,9 @@ class VideoModule(L.LightningModule):
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW; linear warm-up over `warmup_steps` (torch's LinearLR: lr x (step + 1) /
+        warmup_steps), then constant, or cosine decay to 0 at the run's last step (torch's
+        CosineAnnealingLR over the steps after the warm-up), stepped every optimizer step."""
         hp = self.hparams
         scale = hp.get("memory_lr_scale", 1.0)
         gates = {id(p) for p in self.memory_gates() if p.requires_grad} if scale != 1 else set()
@@ -385,21 +394,43 @@ class VideoModule(L.LightningModule):
             params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay, fused=True
         )
         warmup = max(1, hp.warmup_steps)
-        schedule = hp.get("lr_schedule", "constant")
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {schedule!r}")
-        total = self.trainer.estimated_stepping_batches if schedule == "cosine" else None
-        if total is not None and not math.isfinite(total):
+        ramp = torch.optim.lr_scheduler.LinearLR(
+            opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1
+        )
+        if hp.get("lr_schedule", "constant") == "constant":
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
             raise ValueError("lr_schedule='cosine' needs a finite run: set max_steps or max_epochs")
-
-        def factor(step: int) -> float:
-            ramp = min(1.0, (step + 1) / warmup)
-            if total is None:
-                return ramp
-            return ramp * 0.5 * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(total) - warmup))
+        sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, decay], milestones=[warmup])
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_settings(**settings: Any) -> None:
+    """Stage 1's scalar settings: one ValueError listing each bad `name=value` and the rule."""
+    rules = {
+        "timestep_sampling": (lambda v: v in ("uniform", "logit_normal", "shifted"),
+                              "uniform, logit_normal or shifted"),
+        "logit_std": (lambda v: v > 0, "> 0"),
+        "shift": (lambda v: v > 0, "> 0"),
+        "prompt_dropout": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+        "lr": (lambda v: v > 0, "> 0"),
+        "weight_decay": (lambda v: v >= 0, ">= 0"),
+        "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
+        "warmup_steps": (lambda v: v >= 0, ">= 0"),
+        "lr_schedule": (lambda v: v in ("constant", "cosine"), "constant or cosine"),
+        "sample_steps": (lambda v: v >= 1, ">= 1"),
+        "sample_shift": (lambda v: v > 0, "> 0"),
+        "cfg_scale": (lambda v: v >= 0, ">= 0"),
+        "rollout_segments": (lambda v: v >= 1, ">= 1"),
+        "memory_focus": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+        "memory_lr_scale": (lambda v: v > 0, "> 0"),
+    }  # fmt: skip
+    bad = [f"{name}={settings[name]!r} (must be {rule})"
+           for name, (ok, rule) in rules.items() if name in settings and not ok(settings[name])]  # fmt: skip
+    if bad:
+        raise ValueError("invalid model settings: " + "; ".join(bad))
 
 
 def check_semantic_pack(pack: SemanticPack, dit: Backbone, text_dim: int) -> None:

@@ -11,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from callbacks.video_logger import contact_sheet
 from datamodules.video_io import read_video
@@ -61,13 +62,26 @@ def test_fit_logs_video_and_writes_mp4(trained: tuple[Path, object]) -> None:
     assert "rollout/sheet" in acc.Tags()["images"], acc.Tags()
     sheet = np.asarray(Image.open(log_dir / "rollouts" / "sheet.png"))
     frames, size, scale = 3 * cli.datamodule.segment_frames, cli.datamodule.resolution, 3
-    assert sheet.shape[0] == 2 * 2 * (size[0] * scale + 2)  # 2 examples x (truth, rollout)
+    assert sheet.shape[0] == 2 * 2 * (size[0] * scale + 2) + 2  # 2 x (truth, rollout), gaps
     assert sheet.shape[1] >= frames * size[1] * scale
     mp4s = sorted((log_dir / "rollouts").glob("*.mp4"))
     assert mp4s
     with av.open(str(mp4s[0])) as container:
         n = sum(1 for _ in container.decode(video=0))
     assert n == 3 * cli.datamodule.segment_frames  # RolloutVideoLogger num_segments = 3
+    # The run's config as text, hparams with result metrics (not hp_metric = -1), the layout.
+    assert "config/text_summary" in acc.Tags()["tensors"]
+    assert "custom_scalars__config__" in acc.Tags()["tensors"]
+    (experiment,) = [
+        data.experiment
+        for data in map(HParamsPluginData.FromString, acc.PluginTagToContent("hparams").values())
+        if data.HasField("experiment")
+    ]
+    metrics = [m.name.tag for m in experiment.metric_infos]
+    assert {"val/loss", "eval/long/drift/subject_consistency@effnet_lite0"} <= set(metrics)
+    assert "hp_metric" not in metrics and "hp_metric" not in acc.Tags()["scalars"]
+    params = {h.name for h in experiment.hparam_infos}
+    assert "model/init_args/dit/init_args/width" in params and "trainer/max_steps" in params
 
 
 def test_validate_and_test_run_from_checkpoint(trained: tuple[Path, object]) -> None:
@@ -81,22 +95,31 @@ def test_validate_and_test_run_from_checkpoint(trained: tuple[Path, object]) -> 
     metrics = out.trainer.callback_metrics
     assert "eval/long/subject_consistency@effnet_lite0" in metrics, sorted(metrics)
     assert "eval/short/drift/background_consistency@pixel" in metrics
-    assert list(Path(out.trainer.log_dir).glob("eval_test_*.md"))
+    # Named by the checkpoint's run and step (test has no step of its own).
+    assert list(Path(out.trainer.log_dir).glob("eval_test_stage1_version_0_step0000002.md"))
 
 
 def test_predict_writes_decodable_mp4(trained: tuple[Path, object]) -> None:
+    """One folder per run and step, a fresh one when predicting the same checkpoint again; a
+    sampler flag applies on top of the checkpoint, another model flag is refused."""
     tmp, cli = trained
     ckpt = cli.trainer.checkpoint_callback.last_model_path
     out_dir = tmp / "pred"
-    main([
-        "predict", *cli_args(tmp), f"--ckpt_path={ckpt}",
-        f"--trainer.callbacks.output_dir={out_dir}",
-    ])  # fmt: skip
-    files = sorted(out_dir.glob("*.mp4"))
-    assert len(files) == 2  # num_predict_videos
+    args = ["predict", *cli_args(tmp), f"--ckpt_path={ckpt}",
+            f"--trainer.callbacks.output_dir={out_dir}"]  # fmt: skip
+    first = main(args)
+    assert first.model.hparams.sample_steps == 2  # the checkpoint's (tiny.yaml)
+    files = sorted((out_dir / "stage1_version_0").glob("*/*.mp4"))
+    assert files == sorted(out_dir.rglob("*.mp4")) and len(files) == 2  # num_predict_videos
+    assert files[0].parent.name == "step_0000002"
     with av.open(str(files[0])) as container:
         n = sum(1 for _ in container.decode(video=0))
     assert n == 2 * cli.datamodule.segment_frames  # rollout_segments = 2 in tiny.yaml
+    again = main([*args, "--model.init_args.sample_steps=1"])
+    assert again.model.hparams.sample_steps == 1  # applied, not silently ignored
+    assert len(list(out_dir.rglob("step_0000002-2/*.mp4"))) == 2  # nothing overwritten
+    with pytest.raises(ValueError, match=r"--model.init_args.lr=0.5 \(the checkpoint has 0.001"):
+        main([*args, "--model.init_args.lr=0.5"])
 
 
 def test_predict_continues_the_held_out_videos(trained: tuple[Path, object]) -> None:
@@ -110,7 +133,7 @@ def test_predict_continues_the_held_out_videos(trained: tuple[Path, object]) -> 
         f"--trainer.callbacks.output_dir={out_dir}", "--data.init_args.predict_prefix_segments=1",
     ])  # fmt: skip
     dm, frames = cli.datamodule, cli.datamodule.segment_frames
-    files = sorted(out_dir.glob("*.mp4"))
+    files = sorted(out_dir.rglob("*.mp4"))
     assert [f.stem for f in files] == sorted(dm.val_set.paths[i].stem for i in range(2))
     for path in files:
         written = read_video(path)
@@ -150,13 +173,16 @@ def test_contact_sheet_places_truth_over_rollout() -> None:
     truth = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     rollout = torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8)
     sheet = contact_sheet([truth], [rollout], scale=2, gap=1)
-    cell, label = 8 * 2 + 1, sheet.shape[2] - 8 * (8 * 2 + 1)
+    cell = 8 * 2 + 1  # an enlarged frame and its gap
+    assert sheet.shape == (3, 2 * cell + 1, 8 * cell + 1)
     for k in (0, 5):  # row 0 is the truth, row 1 the rollout, frame k in column k
-        left = label + k * cell
-        torch.testing.assert_close(sheet[:, 0:16:2, left : left + 16 : 2], truth[k])
-        torch.testing.assert_close(sheet[:, cell : cell + 16 : 2, left : left + 16 : 2], rollout[k])
-    left = label + 7 * cell  # the truth is shorter than the rollout: its cell stays blank
-    assert (sheet[:, 0:16, left : left + 16] == 255).all()
+        left = 1 + k * cell
+        torch.testing.assert_close(sheet[:, 1:17:2, left : left + 16 : 2], truth[k])
+        torch.testing.assert_close(
+            sheet[:, 1 + cell : 17 + cell : 2, left : left + 16 : 2], rollout[k]
+        )
+    left = 1 + 7 * cell  # the truth is shorter than the rollout: its cell stays blank
+    assert (sheet[:, 1:17, left : left + 16] == 255).all()
 
 
 def test_generation_quality_benchmark_reads_a_trained_checkpoint(
@@ -179,3 +205,20 @@ def test_generation_quality_benchmark_reads_a_trained_checkpoint(
     rollout = saved["rollout"]
     assert len(rollout["psnr_by_depth"]) == len(rollout["static_by_depth"]) == 2
     assert rollout["rollout_videos"] == 2 and math.isfinite(rollout["grid_edge_truth"])
+
+
+def test_fit_resumes_the_latest_run_with_ckpt_path_last(
+    trained: tuple[Path, object], caplog: pytest.LogCaptureFixture
+) -> None:
+    """`fit --ckpt_path last` continues the newest run of the config in its own version
+    directory and says which file it loaded (Lightning's `last` looked in a new, empty one)."""
+    tmp, cli = trained
+    last = Path(cli.trainer.checkpoint_callback.last_model_path)
+    with caplog.at_level("INFO"):
+        resumed = main(["fit", *cli_args(tmp), "--ckpt_path", "last", "--trainer.max_steps=3"])
+    assert f"--ckpt_path last: resuming from {last}" in caplog.text
+    assert resumed.trainer.ckpt_path == str(last) and resumed.trainer.global_step == 3
+    assert resumed.trainer.log_dir == cli.trainer.log_dir  # the same version directory
+    assert torch.load(last, weights_only=False)["global_step"] == 3
+    with pytest.raises(FileNotFoundError, match="--ckpt_path last: no last.ckpt in"):
+        main(["fit", *cli_args(tmp / "elsewhere"), "--ckpt_path", "last"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -14,7 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from callbacks.rollout_eval import RolloutEvalCallback
 from datamodules.video_io import read_video
-from eval.backends.registry import build_backends
+from eval.backends.registry import ROLES, build_backends
 from eval.rollout import shard_indices
 from eval.video_scores import score_video
 
@@ -48,12 +49,15 @@ class _FakeVideoModule(L.LightningModule):
         num_segments: int,
         generator: torch.Generator | None = None,
         frames_per_segment: int | None = None,
+        on_segment: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         assert image.device == self.device and len(captions) == image.shape[0]
         assert frames_per_segment == FRAMES_PER_SEGMENT  # the datamodule's, passed explicitly
         self.generate_calls += 1
         frames = [image.roll(t, dims=-1) for t in range(num_segments * FRAMES_PER_SEGMENT)]
         video = torch.stack(frames, dim=1)  # [b, T, c, h, w] in [-1, 1]
+        for k in range(num_segments) if on_segment is not None else ():
+            on_segment(k)
         return ((video + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
@@ -94,18 +98,19 @@ class _FakeDataModule(L.LightningDataModule):
         return self._loader()
 
 
-def _scalars(log_dir: Path) -> tuple[dict[str, list], list[str]]:
+def _scalars(log_dir: Path) -> tuple[dict[str, list], dict[str, list]]:
     events = sorted(log_dir.rglob("events.out.tfevents.*"))
     assert events, f"no event file under {log_dir}"
     scalars: dict[str, list] = {}
-    videos: list[str] = []
+    images: dict[str, list] = {}  # add_video writes an animated-GIF image summary
     for path in events:
         acc = EventAccumulator(str(path), size_guidance={"images": 0, "scalars": 0})
         acc.Reload()
         for tag in acc.Tags()["scalars"]:
             scalars.setdefault(tag, []).extend(acc.Scalars(tag))
-        videos += acc.Tags()["images"]  # add_video writes an animated-GIF image summary
-    return scalars, videos
+        for tag in acc.Tags()["images"]:
+            images.setdefault(tag, []).extend(acc.Images(tag))
+    return scalars, images
 
 
 def _trainer(callback: RolloutEvalCallback, **kwargs: object) -> L.Trainer:
@@ -134,22 +139,35 @@ def test_callback_logs_metrics_curves_videos_and_tables(tmp_path: Path) -> None:
     trainer.test(module, datamodule=datamodule)
     assert module.generate_calls == 8  # test runs regardless of every_n_epochs
 
-    scalars, videos = _scalars(Path(logger.log_dir))
+    scalars, images = _scalars(Path(logger.log_dir))
     key = "eval/long/subject_consistency@pixel"
     assert key in scalars and 0.0 < scalars[key][-1].value < 1.0  # rolling image: not static
     # 1 px per frame > threshold 6 * 24 / 256 = 0.56 px: the rollout counts as dynamic.
     assert scalars["eval/short/dynamic_degree@opencv_dis_verified"][-1].value == 1.0
     assert "eval/short/drift/subject_consistency@pixel" in scalars
-    curve = scalars["eval_curve/long/subject_consistency@pixel"]
-    assert sorted({event.step for event in curve}) == [0, 1, 2]
-    assert any(tag.startswith("rollout/short/") for tag in videos), videos
+    # Per-segment curves: one tag per segment, at the global step (fit: 1; test: the module's
+    # step, 1 again), so each evaluation adds a point instead of overwriting the last one.
+    for segment in range(3):
+        curve = scalars[f"eval_curve/long/subject_consistency/seg{segment:02d}"]
+        assert [event.step for event in curve] == [1, 1]
+    assert "eval_curve/long/subject_consistency/seg03" not in scalars
+    assert [image.step for image in images["eval_curve/long"]] == [1, 1]  # the curves as a figure
+    # PSNR by depth against the held-out video: segment 0 of the rollout is its first segment.
+    psnr = scalars["eval_curve/long/psnr/seg00"][-1].value
+    assert psnr == pytest.approx(_psnr_segment0(datamodule, module), rel=1e-5)
+    # Rollout beside its ground truth: 2 x 32 px + a 2 px gap, one GIF frame per video frame.
+    (video,) = [images[t][-1] for t in images if t.startswith("rollout/short/")]
+    assert (video.width, video.height) == (2 * 32 + 2, 24)
 
     run_dir = Path(logger.log_dir)
     mp4s = sorted(run_dir.rglob("*.mp4"))
     assert len(mp4s) == 8
     frames = read_video(next(p for p in mp4s if p.parent.name == "short"))
     assert frames.shape == (2 * FRAMES_PER_SEGMENT, 3, 24, 32)
-    (table,) = run_dir.glob("eval_test_epoch*.csv")
+    assert {p.name for p in run_dir.glob("eval_*.csv")} == {
+        "eval_val_step0000001.csv", "eval_test_untrained_step0000001.csv",
+    }  # fmt: skip
+    (table,) = run_dir.glob("eval_test_*.csv")
     rows = list(csv.DictReader(table.open()))
     assert [(r["model"], r["length"]) for r in rows] == [
         ("_FakeVideoModule", "short"),
@@ -176,6 +194,17 @@ def test_callback_logs_metrics_curves_videos_and_tables(tmp_path: Path) -> None:
     assert shorter == pytest.approx(0.5)
 
 
+def _psnr_segment0(datamodule: _FakeDataModule, module: _FakeVideoModule) -> float:
+    """Mean over the 2 rollouts of segment 0's PSNR against the true segment 0, by hand."""
+    values = []
+    for item in datamodule.val_set[:2]:
+        truth = _frames(item["video"][:1]).float()
+        rollout = module.generate(item["image"][None], [""], 1, frames_per_segment=4)[0].float()
+        mse = (rollout - truth).pow(2).mean()
+        values.append(float(10 * torch.log10(255**2 / mse)))
+    return sum(values) / len(values)
+
+
 def _frames(video: torch.Tensor) -> torch.Tensor:
     """[s, f, 3, H, W] in [-1, 1] -> uint8 [s * f, 3, H, W]."""
     return ((video.flatten(0, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
@@ -191,7 +220,7 @@ def test_callback_without_pixel_videos_warns_and_skips_ground_truth(tmp_path: Pa
     trainer = _trainer(callback, logger=False, default_root_dir=tmp_path)
     with pytest.warns(UserWarning, match="no ground-truth row"):
         trainer.fit(_FakeVideoModule(), datamodule=datamodule)
-    (table,) = tmp_path.glob("eval_val_epoch*.csv")
+    (table,) = tmp_path.glob("eval_val_step*.csv")
     assert [r["model"] for r in csv.DictReader(table.open())] == ["_FakeVideoModule"]
 
 
@@ -227,3 +256,51 @@ def test_shards_are_disjoint_and_equally_long() -> None:
     assert shards == [[0, 3], [1, 4], [2, None]]
     real = [i for shard in shards for i in shard if i is not None]
     assert sorted(real) == list(range(5))
+
+
+def test_callback_names_its_tensorboard_charts_and_result_metrics() -> None:
+    callback = RolloutEvalCallback(
+        lengths={"short": 2, "long": 4}, backends={"subject": "pixel"}, probe_videos=2
+    )
+    metrics = callback.hparam_metrics()
+    assert "eval/long/subject_consistency@pixel" in metrics and "eval/probe/memory" in metrics
+    assert "eval/long/drift/subject_consistency@pixel" in metrics
+    assert not any("/short/" in m or "/start/" in m for m in metrics)  # the longest, no ends
+    layout = callback.tensorboard_layout()
+    drift = layout["drift: start vs end (all lengths)"]["subject_consistency"]
+    assert drift == ["Multiline", ["eval/[^/]+/start/subject_consistency@.*",
+                                   "eval/[^/]+/end/subject_consistency@.*"]]  # fmt: skip
+    depth = layout["PSNR against the held-out video, by rollout depth (one line per segment)"]
+    assert depth["long"] == ["Multiline", ["eval_curve/long/psnr/.*"]]
+    assert "memory probe" in layout
+
+
+def test_progress_bar_follows_the_rollouts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bar over every generated segment (rank 0, when the trainer shows a progress bar)."""
+    bars: list[dict] = []
+
+    class Bar:
+        def __init__(self, total: int, desc: str, **kwargs: object) -> None:
+            bars.append({"total": total, "desc": desc, "done": 0, "closed": False})
+
+        def update(self, n: int) -> None:
+            bars[-1]["done"] += n
+
+        def set_description(self, desc: str) -> None:
+            bars[-1]["desc"] = desc
+
+        def close(self) -> None:
+            bars[-1]["closed"] = True
+
+    monkeypatch.setattr("callbacks.rollout_eval.tqdm", Bar)
+    cheap = {role: "unavailable" for role in ROLES} | {"subject": "pixel"}
+    callback = RolloutEvalCallback(
+        lengths={"short": 2}, num_videos=2, backends=cheap, output_dir=str(tmp_path)
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=1, limit_val_batches=1,
+        num_sanity_val_steps=0, callbacks=[callback], enable_checkpointing=False, logger=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(_FakeVideoModule(), datamodule=_FakeDataModule())
+    assert bars == [{"total": 4, "desc": "rollout evaluation", "done": 4, "closed": True}]

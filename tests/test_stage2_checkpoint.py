@@ -2,6 +2,7 @@
 CLI and from a checkpoint written before the class paths moved), clear errors otherwise."""
 
 import math
+import shutil
 import sys
 import types
 from pathlib import Path
@@ -14,10 +15,12 @@ from benchmarks.generation_quality import main as generation_quality_main
 from lightning_modules.direct_forcing import DirectForcingModule
 from lightning_modules.loading import load_module
 from lightning_modules.networks.dit import VideoDiT
+from lightning_modules.training.checkpoints import CheckpointReadError
 from lightning_modules.training.checkpoints import main as convert
-from lightning_modules.training.stage1 import architecture_of
+from lightning_modules.training.stage1 import Stage1ChangedError, architecture_of
 from tests.helpers.tiny import (
     one_block_parts,
+    perturb,
     save_checkpoint,
     tiny_dit,
     tiny_module,
@@ -50,6 +53,34 @@ def test_missing_or_mismatched_stage1_checkpoint_fails_clearly(
         tiny_stage2(tmp_path / "keys.ckpt", **one_block_parts())
     with pytest.raises(ValueError, match="trainable pattern 'dit.nothing.\\*' matches no"):
         tiny_stage2(stage1_ckpt, trainable=["dit.nothing.*"])
+
+
+def test_stage2_checkpoint_is_self_contained_and_refuses_a_changed_stage1(
+    stage1_ckpt: Path, tmp_path: Path
+) -> None:
+    """The stage-2 checkpoint records stage 1's architecture and the file's sha256: it loads
+    without the stage-1 file, refuses a different file at that path (naming both files), and a
+    truncated stage-1 file is named in the error."""
+    stage1 = tmp_path / "stage1.ckpt"
+    shutil.copy(stage1_ckpt, stage1)
+    module = tiny_stage2(stage1)
+    perturb(module.dit.head)  # stage-2 training moved the head
+    ckpt2 = save_checkpoint(module, tmp_path / "stage2.ckpt")
+    moved = stage1.rename(tmp_path / "moved.ckpt")
+    loaded = load_module(ckpt2)  # no stage-1 file: architecture and weights from ckpt2
+    assert type(loaded) is DirectForcingModule
+    for name, value in module.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+    other = torch.load(moved, weights_only=False)
+    other["state_dict"]["dit.head.linear.weight"] += 1  # another stage-1 model, same shapes
+    torch.save(other, stage1)
+    with pytest.raises(Stage1ChangedError, match=rf"'{stage1}' changed .* checkpoint: {ckpt2}"):
+        load_module(ckpt2)
+    shutil.copy(moved, stage1)  # the original file back: accepted
+    assert torch.equal(load_module(ckpt2).dit.head.linear.weight, module.dit.head.linear.weight)
+    stage1.write_bytes(moved.read_bytes()[:1000])  # truncated: named, not a raw torch error
+    with pytest.raises(CheckpointReadError, match=f"cannot read checkpoint '{stage1}'"):
+        tiny_stage2(stage1)
 
 
 def test_architecture_comes_from_the_checkpoint_and_overrides_must_match(stage1_ckpt: Path) -> None:
@@ -117,8 +148,11 @@ def test_cli_stage2_takes_its_architecture_from_stage1(tmp_path: Path) -> None:
     last2 = cli.trainer.checkpoint_callback.last_model_path
     resumed = main(["fit", *stage2_args, "--trainer.max_steps=2", f"--ckpt_path={last2}"])
     assert resumed.trainer.global_step == 2
-    # The offline tools read a stage-2 checkpoint as the class that wrote it.
+    # The offline tools read a stage-2 checkpoint as the class that wrote it, also once the
+    # stage-1 file is gone (its architecture is in the stage-2 hyperparameters).
+    Path(ckpt1).rename(tmp_path / "away.ckpt")
     assert type(load_module(torch.load(last2, weights_only=False))) is DirectForcingModule
+    (tmp_path / "away.ckpt").rename(ckpt1)
     quality = generation_quality_main(
         ["--ckpt", last2, "--num_videos", "1", "--no_floor", "--rollout_videos", "0"]
     )

@@ -22,7 +22,13 @@ from typing import Any
 
 import torch
 
-__all__ = ["MOVED", "new_class_path", "read_checkpoint", "upgrade_class_paths"]
+__all__ = [
+    "MOVED",
+    "CheckpointReadError",
+    "new_class_path",
+    "read_checkpoint",
+    "upgrade_class_paths",
+]
 
 # Old module (or module.Class) -> new; an entry for a class wins over its module's.
 MOVED: dict[str, str] = {
@@ -79,13 +85,31 @@ class _RenamingPickle:
     load = staticmethod(lambda file, **kwargs: _Unpickler(file, **kwargs).load())
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint file as a dict, on CPU, its class paths in this layout.
 
     A full unpickle, as Lightning's own `--ckpt_path` does: a run outside the CLI stores its
-    networks in the hyperparameters. Only load checkpoints you trust.
+    networks in the hyperparameters. Only load checkpoints you trust. A file torch cannot read
+    raises `CheckpointReadError` naming it (torch's own error does not).
     """
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RenamingPickle)
+    try:
+        ckpt = torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_RenamingPickle
+        )
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError) as err:
+        size = Path(path).stat().st_size if Path(path).is_file() else None
+        raise CheckpointReadError(
+            f"cannot read checkpoint {str(path)!r} ({size} bytes): {type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}. The file is probably truncated "
+            "(a save or copy that did not finish, a full disk) or not a torch checkpoint; use "
+            "another checkpoint of the run (e.g. its step checkpoint) or copy it again"
+        ) from err
     if not isinstance(ckpt, dict):
         raise ValueError(f"{str(path)!r} is not a checkpoint dict")
     return upgrade_class_paths(ckpt)

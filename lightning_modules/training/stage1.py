@@ -8,11 +8,13 @@ none, and then the architecture must be given. A part given explicitly must equa
 `architecture_of` compares everything that defines a network apart from its weights' values.
 """
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
@@ -33,6 +35,89 @@ PARTS: dict[str, Any] = {
 }
 # What VideoModule builds for None (semantic_pack None means no SemanticPack).
 DEFAULTS = {"codec": SpaceToDepthCodec, "text_encoder": HashTextEncoder}
+
+
+class Stage1ChangedError(ValueError):
+    """The stage-1 file a stage-2 model was trained from is not the file at that path any more."""
+
+
+def stage1_changed(error: BaseException) -> Stage1ChangedError | None:
+    """The `Stage1ChangedError` behind `error` (jsonargparse wraps errors raised while it
+    instantiates a class in its own ValueError), or None."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, Stage1ChangedError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (read in 8 MiB chunks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 23):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_stage1_hash(path: str, recorded: str) -> str:
+    """The file's sha256, which must equal the `recorded` one (else `Stage1ChangedError`)."""
+    digest = file_sha256(path)
+    if digest != recorded:
+        raise Stage1ChangedError(
+            f"init_checkpoint {path!r} changed since this stage-2 model was trained from it: its "
+            f"sha256 is {digest[:16]}..., the stage-2 hyperparameters record {recorded[:16]}... "
+            "Restore the original stage-1 file, point init_checkpoint at a copy of it, or move "
+            "the changed file away (the stage-2 checkpoint holds the architecture and weights)"
+        )
+    return digest
+
+
+def architecture_hparams(ckpt: dict[str, Any], parts: Mapping[str, Any]) -> dict[str, Any]:
+    """What stage 2 records of stage 1's architecture: the stage-1 checkpoint's saved value of
+    each part (a `class_path` config, or the module a run outside the CLI saved), else the part
+    itself (a bare state dict saved none)."""
+    hparams = ckpt.get("hyper_parameters") or {}
+    if "dit" in hparams:
+        return {name: hparams.get(name) for name in PARTS}
+    return {name: parts[name] for name in PARTS}
+
+
+def instantiate_parts(given: Mapping[str, Any]) -> dict[str, nn.Module | None]:
+    """Parts given as `class_path` configs (a stage-2 checkpoint read without LightningCLI's
+    instantiator) -> modules; modules and None pass through."""
+    return {
+        name: instantiate(value, PARTS[name]) if isinstance(value, Mapping) else value
+        for name, value in given.items()
+    }
+
+
+def stage1_start(
+    path: str, recorded: str | None, given: Mapping[str, Any]
+) -> tuple[dict[str, Any] | None, dict[str, nn.Module | None], str]:
+    """What a stage-2 module is built from: (the stage-1 checkpoint, or None when its weights
+    are not needed; the parts; the stage-1 file's sha256).
+
+    A fresh stage 2 (`recorded` None) reads `path` for stage 1's architecture and weights. A
+    stage-2 model rebuilt from its checkpoint's hyperparameters (`recorded` set, the parts
+    given) takes the parts as they are and its weights from that checkpoint; the stage-1 file
+    is only checked: absent is fine, a different hash is refused (`Stage1ChangedError`).
+    """
+    given = instantiate_parts(given)
+    if recorded is not None and given.get("dit") is not None:
+        if Path(path).is_file():
+            check_stage1_hash(path, recorded)
+        else:
+            rank_zero_info(
+                f"init_checkpoint {path!r} is absent: the architecture comes from the stage-2 "
+                "hyperparameters, the weights from the stage-2 checkpoint"
+            )
+        return None, dict(given), recorded
+    if recorded is not None and Path(path).is_file():
+        check_stage1_hash(path, recorded)  # refuse a changed file before reading it
+    ckpt = read_stage1_checkpoint(path)  # a clear error if it is missing
+    return ckpt, resolve_architecture(ckpt, path, given), recorded or file_sha256(path)
 
 
 def read_stage1_checkpoint(path: str) -> dict[str, Any]:
@@ -111,10 +196,15 @@ def resolve_architecture(
 
 
 def stage1_adapters(
-    ckpt: dict[str, Any], path: str, given: LoraAdapters | None
+    ckpt: dict[str, Any] | None, path: str, given: LoraAdapters | Mapping[str, Any] | None
 ) -> LoraAdapters | None:
     """Stage 1's low-rank adapters (stage 2 runs on top of the adapted model); `given` must
-    equal them."""
+    equal them. Without `ckpt` (a stage-2 model rebuilt from its own hyperparameters,
+    `stage1_start`) the given ones are stage 1's: those hyperparameters recorded them."""
+    if isinstance(given, Mapping):  # a stage-2 checkpoint saved by LightningCLI
+        given = instantiate(given, LoraAdapters)
+    if ckpt is None:
+        return given
     saved = (ckpt.get("hyper_parameters") or {}).get("adapters")
     if isinstance(saved, Mapping):  # saved by LightningCLI
         saved = instantiate(saved, LoraAdapters)
