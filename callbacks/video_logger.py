@@ -2,6 +2,7 @@
 sheet of rollout frames beside the ground truth of the same held-out video."""
 
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -13,6 +14,7 @@ from PIL import Image
 from callbacks.run_paths import model_step
 from datamodules.video_io import write_video
 from lightning_modules.codecs import to_uint8
+from lightning_modules.conditioning import IMAGE, TEXT, CachedConditioning, stack_parts
 
 
 def image_grid(frames: torch.Tensor, padding: int = 2, pad_value: int = 255) -> torch.Tensor:
@@ -60,6 +62,19 @@ def ground_truth(example: dict, pl_module: L.LightningModule) -> torch.Tensor:
     return to_uint8(codec.decode_continuation(context, latents)[0]).cpu()
 
 
+def cached_conditioning(
+    examples: list[dict[str, Any]], dm: Any, image: torch.Tensor
+) -> CachedConditioning | None:
+    """The examples' conditioning from the datamodule's conditioning cache, if it has one (so
+    that a run with the cache never loads the text encoders, rollouts included)."""
+    if TEXT not in examples[0]:
+        return None
+    parts = [stack_parts([e[key] for e in examples]) for key in (TEXT, IMAGE)]
+    moved = [{k: v.to(image.device) for k, v in p.items()} for p in parts]
+    null = {k: v[None].to(image.device) for k, v in dm.val_set.null_text.items()}
+    return CachedConditioning(*moved, null)
+
+
 class RolloutVideoLogger(L.Callback):
     """Every `every_n_validations` validation runs, roll out `num_videos` held-out examples.
 
@@ -105,7 +120,7 @@ class RolloutVideoLogger(L.Callback):
         video = pl_module.generate(
             image, captions, self.num_segments,
             generator=torch.Generator(pl_module.device).manual_seed(self.seed),
-            frames_per_segment=dm.segment_frames,
+            frames_per_segment=dm.segment_frames, cached=cached_conditioning(examples, dm, image),
         )  # fmt: skip
         pl_module.train(was_training)
         # trainer.log_dir broadcasts from rank 0, so every rank must ask (else DDP deadlocks).

@@ -12,6 +12,11 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
+from datamodules.conditioning_cache import (
+    ConditionedDataset,
+    conditioning_key,
+    prepare_conditioning,
+)
 from datamodules.curriculum import LengthCurriculum
 from datamodules.curriculum import sampler_for_trainer as curriculum_sampler
 from datamodules.latent_cache import LatentCacheDataset, build_cache, cache_key, collate_latents
@@ -34,6 +39,10 @@ class VideoDataModule(L.LightningDataModule):
     `latent_cache`: a directory; when set, `prepare_data` (rank 0) encodes the videos once
     through the model's codec (`trainer.lightning_module.codec`, or one given to `attach_codec`)
     and every split is then read as pre-encoded latents (`datamodules/latent_cache.py`).
+    `conditioning_cache`: a directory; `prepare_data` computes the frozen text/image encoders'
+    outputs once (`trainer.lightning_module.text_encoder`, or one given to `attach_text_encoder`;
+    on the trainer's device, unloaded afterwards) and batches carry them, so training never
+    loads the encoders (`datamodules/conditioning_cache.py`).
 
     `probe_train_videos` (synthetic source): extra training videos of memory-probe events
     (`datamodules/synthetic/probe_scene.py`), so that a model can learn to remember what left the view.
@@ -64,6 +73,7 @@ class VideoDataModule(L.LightningDataModule):
         num_predict_videos: int = 2,
         curriculum: LengthCurriculum | None = None,
         latent_cache: str | None = None,
+        conditioning_cache: str | None = None,
         predict_prefix_segments: int = 0,
         probe_train_videos: int = 0,
         keep_decoded: bool = False,
@@ -108,6 +118,8 @@ class VideoDataModule(L.LightningDataModule):
         self.num_predict_videos = num_predict_videos
         self.curriculum = curriculum
         self.latent_cache = Path(latent_cache) if latent_cache else None
+        self.conditioning_cache = Path(conditioning_cache) if conditioning_cache else None
+        self._text_encoder: torch.nn.Module | None = None
         self.predict_prefix_segments = predict_prefix_segments
         self.probe_train_videos = probe_train_videos
         self.predict_skipped: list[str] = []
@@ -122,6 +134,8 @@ class VideoDataModule(L.LightningDataModule):
             self._render_synthetic()
         if self.latent_cache is not None:
             self._prepare_cache()
+        if self.conditioning_cache is not None:
+            self._prepare_conditioning()
 
     def _render_synthetic(self) -> None:
         generate_dataset(
@@ -157,6 +171,29 @@ class VideoDataModule(L.LightningDataModule):
             return self._codec
         module = self.trainer.lightning_module if self.trainer is not None else None
         return getattr(module, "codec", None)
+
+    def attach_text_encoder(self, encoder: torch.nn.Module) -> None:
+        """The encoder the conditioning cache is computed with, without a Trainer."""
+        self._text_encoder = encoder
+
+    def _conditioning_dir(self) -> Path:
+        """`conditioning_cache/<key>`: the key changes with the encoder, resolution, data."""
+        module = self.trainer.lightning_module if self.trainer is not None else None
+        self._text_encoder = self._text_encoder or getattr(module, "text_encoder", None)
+        if self._text_encoder is None:
+            raise RuntimeError(
+                f"conditioning_cache={str(self.conditioning_cache)!r} needs the model's text "
+                "encoder: run under a Trainer, or call attach_text_encoder(encoder) first"
+            )
+        key = conditioning_key(self._text_encoder, self.resolution, self.data_dir)
+        return self.conditioning_cache / key
+
+    def _prepare_conditioning(self) -> int:
+        """Encode missing or corrupt conditioning shards, on the trainer's device."""
+        directory = self._conditioning_dir()
+        device = self.trainer.strategy.root_device if self.trainer is not None else None
+        datasets = {split: self._dataset(split) for split in ("train", "val")}
+        return prepare_conditioning(directory, self._text_encoder, datasets, device)
 
     def fit_codec(self, codec: torch.nn.Module) -> None:
         """Stage 0: a codec learned from data (`needs_fit`, e.g. PatchPCACodec) is fitted on up
@@ -216,14 +253,26 @@ class VideoDataModule(L.LightningDataModule):
         if self.latent_cache is not None:
             directory = self._cache_dir()
             if stage in (None, "fit") and self.train_set is None:
-                self.train_set = LatentCacheDataset(directory, "train")
+                self.train_set = self._conditioned(LatentCacheDataset(directory, "train"), "train")
             if self.val_set is None:
-                self.val_set = LatentCacheDataset(directory, "val")
+                self.val_set = self._conditioned(LatentCacheDataset(directory, "val"), "val")
             return
         if stage in (None, "fit") and self.train_set is None:
-            self.train_set = self._dataset("train")
+            self.train_set = self._conditioned(self._dataset("train"), "train")
         if self.val_set is None:
-            self.val_set = self._dataset("val")
+            self.val_set = self._conditioned(self._dataset("val"), "val")
+
+    def _conditioned(self, dataset: Any, split: str) -> Any:
+        """`dataset` with its cached conditioning (when `conditioning_cache` is set)."""
+        if self.conditioning_cache is None:
+            return dataset
+        return ConditionedDataset(dataset, self._conditioning_dir(), split)
+
+    def _collate(self, dataset: Any, base: Any = None) -> Any:
+        """The collate function for `dataset` (a Subset's too): videos or latents, + parts."""
+        base = base or (collate_videos if self.latent_cache is None else collate_latents)
+        inner = dataset.dataset if isinstance(dataset, Subset) else dataset
+        return partial(inner.collate, base) if isinstance(inner, ConditionedDataset) else base
 
     @property
     def num_skipped(self) -> int:
@@ -250,7 +299,7 @@ class VideoDataModule(L.LightningDataModule):
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
-            collate_fn=collate_videos if self.latent_cache is None else collate_latents,
+            collate_fn=self._collate(dataset),
             drop_last=False,
             generator=generator,
             sampler=sampler,
@@ -259,7 +308,7 @@ class VideoDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self._require(self.train_set, "train_set")
-        collate = collate_videos if self.latent_cache is None else collate_latents
+        collate = self._collate(dataset)
         if self.curriculum is not None:
             # Resumes at the restored batch count (replayed schedule), like the plain sampler.
             sampler = curriculum_sampler(
@@ -338,7 +387,7 @@ class VideoDataModule(L.LightningDataModule):
             Subset(dataset, chosen),
             batch_size=1,
             num_workers=self.num_workers,
-            collate_fn=partial(collate_with_prefix, k),
+            collate_fn=self._collate(dataset, partial(collate_with_prefix, k)),
             persistent_workers=self.num_workers > 0,
         )
 

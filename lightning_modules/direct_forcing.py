@@ -47,6 +47,7 @@ from lightning_modules.training.parallel import no_backward_sync
 from lightning_modules.training.stage1 import (
     architecture_hparams,
     load_stage1_weights,
+    stage1_adapters,
     stage1_start,
 )
 from lightning_modules.video_module import VideoModule
@@ -88,7 +89,8 @@ class DirectForcingModule(VideoModule):
             `init_checkpoint` when this stage-2 model was first built. With it (a stage-2
             checkpoint rebuilt from its hyperparameters, which also hold stage 1's architecture)
             the stage-1 file may be absent; if present it must have this hash.
-        **kwargs: the remaining `VideoModule` arguments (lr, timestep sampling, sampler...).
+        **kwargs: the remaining `VideoModule` arguments (lr, timestep sampling, sampler...);
+            `adapters` come from stage 1 (stage 2 then trains its head on the adapted model).
     """
 
     def __init__(
@@ -111,7 +113,8 @@ class DirectForcingModule(VideoModule):
         given = {"dit": dit, "codec": codec, "text_encoder": text_encoder,
                  "semantic_pack": semantic_pack}  # fmt: skip
         ckpt, parts, digest = stage1_start(init_checkpoint, init_checkpoint_sha256, given)
-        super().__init__(**parts, **kwargs)
+        adapters = stage1_adapters(ckpt, init_checkpoint, kwargs.pop("adapters", None))
+        super().__init__(**parts, adapters=adapters, **kwargs)
         # Self-contained: the checkpoint records stage 1's architecture and the file's hash.
         self.hparams["init_checkpoint_sha256"] = digest
         if ckpt is not None:
@@ -227,7 +230,7 @@ class DirectForcingModule(VideoModule):
         latents, frames = self.batch_latents(batch)  # pre-encoded when the latent cache is on
         num = batch["num_segments"].to(latents.device)
         image = self.batch_image_latent(batch)
-        text = self.encode_text(batch["caption"], self.hparams.prompt_dropout, batch["image"])
+        text = self.batch_text(batch, self.hparams.prompt_dropout)
         with torch.no_grad():  # SemanticPack is frozen in stage 2 (A.2): its recurrence is data
             pack = MemoryPack.start(self.dit, self.semantic_pack, text, image)
         longest = int(num.max())

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codecs.base import LatentCodec, to_uint8
+from lightning_modules.conditioning import CachedConditioning
 from lightning_modules.memory_pack import MemoryPack, SegmentContext
 from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.semantic_pack import SemanticPack
@@ -71,13 +72,21 @@ class VideoPipeline:
             return self.codec.encode(image[:, None])
 
     def encode_text(
-        self, captions: list[str], dropout: float = 0.0, image: Tensor | None = None
+        self,
+        captions: list[str],
+        dropout: float = 0.0,
+        image: Tensor | None = None,
+        cached: CachedConditioning | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Prompt features; encoders with `reads_image` (SigLIP) also get the reference image.
-        `dropout`: each caption is replaced by "" with this probability (CFG training)."""
+        `dropout`: each caption is replaced by "" with this probability (CFG training).
+        `cached`: the batch's precomputed parts (conditioning cache): no encoder runs."""
+        keep = None
         if dropout > 0:
             keep = torch.rand(len(captions)) >= dropout
             captions = [c if k else "" for c, k in zip(captions, keep.tolist(), strict=True)]
+        if cached is not None:
+            return self.text_encoder.combine(cached.text_keeping(keep), cached.image)
         if self.text_encoder.reads_image:
             if image is None:
                 raise ValueError(f"{type(self.text_encoder).__name__} needs the reference image")
@@ -129,6 +138,7 @@ class VideoPipeline:
         prefix: Tensor | None = None,
         read_memory: bool = True,
         memory_until: int | None = None,
+        cached: CachedConditioning | None = None,
     ) -> Tensor:
         """Rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 video [b, F, 3, H, W].
 
@@ -140,14 +150,20 @@ class VideoPipeline:
         generated ones would be (true RoPE positions, SemanticPack's recurrence); the returned
         video starts with them. `read_memory=False`: psi is never read (the probe's gates-shut
         ablation). `memory_until` k: only segments 0..k-1 update psi (the probe's oracle psi,
-        which keeps exactly what the landmark's segments left).
+        which keeps exactly what the landmark's segments left). `cached`: the prompts' and
+        images' precomputed conditioning parts.
         """
         b = image.shape[0]
         frames = self.latent_frames(frames_per_segment)
         image_lat = self.encode_image(image)
         _, _, c, h, w = image_lat.shape
-        text = self.encode_text(list(captions), image=image)
-        null_text = self.encode_text([""] * b, image=image) if self.cfg_scale != 1.0 else None
+        text = self.encode_text(list(captions), image=image, cached=cached)
+        null_text = None
+        if self.cfg_scale != 1.0:
+            null_text = (
+                self.encode_text([""] * b, image=image) if cached is None
+                else self.text_encoder.combine(cached.null(), cached.image)
+            )  # fmt: skip
         pack = MemoryPack.start(
             self.dit, self.semantic_pack, text, image_lat, null_text,
             decode_context=self.codec.decode_context, read_memory=read_memory,

@@ -16,15 +16,20 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from lightning_modules import rectified_flow as rf
 from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
+from lightning_modules.conditioning import CachedConditioning
 from lightning_modules.memory_pack import MemoryPack
 from lightning_modules.networks.backbone import Backbone
+from lightning_modules.networks.lora import merge_lora
 from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
 from lightning_modules.pipeline import VideoPipeline
+from lightning_modules.training import frozen_parts
+from lightning_modules.training.adapters import LoraAdapters
 from lightning_modules.training.nonfinite import check_finite_loss
 from lightning_modules.training.parallel import CompileMode, apply_fsdp2, compile_dit
 from lightning_modules.training.step_seed import seed_batch
@@ -59,6 +64,12 @@ class VideoModule(L.LightningModule):
         memory_oracle: a diagnostic: a focus target reads psi after only the segments that hold
             what it needs (`focus_memory`, a probe's prefix), as if psi had kept it perfectly, so
             what is measured is the read-in alone.
+        adapters: `LoraAdapters` trains low-rank adapters on the DiT's blocks and SemanticPack +
+            the memory gates in full, the rest frozen (`training/adapters.py`); None trains all.
+
+    Pretrained parts (a HF VAE or text encoder; the pretrained backbone under adapters) are
+    rebuilt from their folders and left out of `state_dict()` and checkpoints, which record the
+    folders' file hashes instead (`training/frozen_parts.py`).
     """
 
     def __init__(
@@ -86,6 +97,7 @@ class VideoModule(L.LightningModule):
         memory_lr_scale: float = 1.0,
         memory_gate_init: float = 0.0,
         memory_oracle: bool = False,
+        adapters: LoraAdapters | None = None,
     ) -> None:
         super().__init__()
         check_settings(
@@ -112,9 +124,16 @@ class VideoModule(L.LightningModule):
         if semantic_pack is not None:
             check_semantic_pack(semantic_pack, dit, self.text_encoder.dim)
             dit.enable_memory()  # zero-gated read-in: the F1 output is unchanged at init
-            with torch.no_grad():
-                for gate in self.memory_gates():
-                    gate.fill_(memory_gate_init)
+            # New storage, not fill_: a checkpoint written outside the CLI pickles `dit` in
+            # hyper_parameters sharing storage with its state dict, so an in-place fill here
+            # would zero the saved gates that load_state_dict then copies back.
+            for gate in self.memory_gates():
+                gate.data = torch.full_like(gate, memory_gate_init)
+        self.adapters = adapters
+        self.adapters_merged = False
+        if adapters is not None:
+            adapters.apply(self)
+        frozen_parts.install(self)
 
     def memory_gates(self) -> list[torch.nn.Parameter]:
         """The backbone's per-block memory read-in gates (empty without SemanticPack)."""
@@ -143,6 +162,11 @@ class VideoModule(L.LightningModule):
     ) -> tuple[Tensor, Tensor]:
         """Prompt features, each caption dropped to "" with probability `dropout` (CFG)."""
         return self.pipeline.encode_text(captions, dropout, image)
+
+    def batch_text(self, batch: dict[str, Any], dropout: float = 0.0) -> tuple[Tensor, Tensor]:
+        """`encode_text` of the batch, or its cached conditioning parts (no encoder runs)."""
+        cached = CachedConditioning.from_batch(batch)
+        return self.pipeline.encode_text(batch["caption"], dropout, batch["image"], cached)
 
     def batch_latents(self, batch: dict[str, Any]) -> tuple[Tensor, int]:
         """`encode_video` of the batch, or its pre-encoded `latents` [b, s, T, c, h, w] (cache)."""
@@ -227,7 +251,7 @@ class VideoModule(L.LightningModule):
         encoded = self.batch_latents(batch)
         x, seg = self.teacher_forcing_batch(batch, generator, encoded)
         image = self.batch_image_latent(batch)
-        text = self.encode_text(batch["caption"], prompt_dropout, batch["image"])
+        text = self.batch_text(batch, prompt_dropout)
         memory_index = None
         if self.hparams.get("memory_oracle", False) and "focus_memory" in batch:
             focus = batch["focus_segment"].to(seg.device)
@@ -277,16 +301,18 @@ class VideoModule(L.LightningModule):
         prefix: Tensor | None = None,
         read_memory: bool = True,
         memory_until: int | None = None,
+        cached: CachedConditioning | None = None,
     ) -> Tensor:
         """Autoregressive rollout: image [b, 3, H, W] in [-1, 1] + prompts -> uint8 [b, F, 3, H, W]
         of `num_segments` segments of `frames_per_segment` pixel frames (`VideoPipeline.generate`:
         `prefix` continues real videos, `read_memory=False` never reads psi, `memory_until`
-        stops psi's updates after that many segments)."""
+        stops psi's updates after that many segments, `cached` holds the prompts' precomputed
+        conditioning)."""
         if frames_per_segment is None:
             raise ValueError("generate needs frames_per_segment (pixel frames per segment)")
         return self.pipeline.generate(
             image, captions, num_segments, frames_per_segment, generator, progress, on_segment,
-            prefix, read_memory, memory_until,
+            prefix, read_memory, memory_until, cached,
         )  # fmt: skip
 
     def predict_step(self, batch: dict[str, Any] | None, batch_idx: int) -> dict[str, Any] | None:
@@ -307,8 +333,39 @@ class VideoModule(L.LightningModule):
         video = self.generate(
             batch["image"], batch["caption"], total, progress=True, frames_per_segment=frames,
             prefix=batch["video"][:, :k].flatten(1, 2) if k else None,
+            cached=CachedConditioning.from_batch(batch),
         )  # fmt: skip
         return {"video": video, "name": batch["name"], "caption": batch["caption"]}
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the folders (and file hashes) of the pretrained parts left out of the state."""
+        if self.adapters_merged:
+            raise RuntimeError(
+                "the adapters were merged into the weights for inference (merge_adapters): this "
+                "model no longer matches its configuration and cannot be saved to resume from"
+            )
+        if self.global_rank == 0:  # only rank 0 writes the checkpoint's metadata
+            checkpoint[frozen_parts.RECORD_KEY] = frozen_parts.records(self)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse pretrained folders other than those the checkpoint was trained with, and
+        remember its step: outputs of validate/test/predict are named by it."""
+        frozen_parts.check_records(self, checkpoint, "the checkpoint")
+        self.loaded_step = int(checkpoint.get("global_step", 0))
+
+    # ----------------------------------------------------------------- adapters
+    def merge_adapters(self) -> int:
+        """Fold the LoRA adapters into the DiT's weights (inference); returns how many."""
+        if self.adapters is None:
+            raise ValueError("merge_adapters: this model has no adapters (adapters=None)")
+        merged = merge_lora(self.dit)
+        self.adapters_merged = True
+        return merged
+
+    def on_predict_start(self) -> None:
+        if self.adapters is not None and not self.adapters_merged:
+            rank_zero_info(f"predict: merged {self.merge_adapters()} LoRA adapters into the DiT")
 
     # ----------------------------------------------------------------- scaling
     def configure_model(self) -> None:
@@ -319,10 +376,6 @@ class VideoModule(L.LightningModule):
         compile_dit(self.dit, self.hparams.get("compile", "none"))
         if self.device_mesh is not None:
             apply_fsdp2(self, self.device_mesh)
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Remember the checkpoint's step: outputs of validate/test/predict are named by it."""
-        self.loaded_step = int(checkpoint.get("global_step", 0))
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:

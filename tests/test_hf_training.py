@@ -169,3 +169,28 @@ def test_stage2_from_the_stage1_checkpoint_trains_norm_out_and_proj_out(
     changed = {n for n in before if not torch.equal(before[n], after[n])}
     assert changed == trainable
     assert "train/loss_seg_2" in cli.trainer.logged_metrics  # whole 3-segment videos
+
+
+def test_adapters_overlay_trains_and_saves_only_the_adapters(
+    stage1: tuple, tiny_pretrained: Path
+) -> None:
+    """configs/framepack_f1/adapters.yaml after stage1.yaml: rank-64 LoRA on a bf16 base, the
+    checkpoint holds what trains (adapters, SemanticPack, gates) and no backbone weight."""
+    tmp, _, _ = stage1
+    torch.manual_seed(0)
+    cli = main(args(
+        "stage1.yaml", tmp.parent / "adapters", tiny_pretrained,
+        "--config", str(CONFIGS / "adapters.yaml"), "--trainer.limit_val_batches=0",
+    ))  # fmt: skip
+    model = cli.model
+    assert cli.trainer.global_step == 2 and model.adapters.rank == 64
+    assert model.dit.model.proj_out.weight.dtype == torch.bfloat16  # the frozen base
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any(".lora." in n for n in trainable) and not any(
+        ".attn.to_q.weight" in n for n in trainable
+    )
+    ckpt = torch.load(next((tmp.parent / "adapters").rglob("last.ckpt")), weights_only=False)
+    assert set(ckpt["state_dict"]) == trainable
+    assert set(ckpt["pretrained_parts"]) == {"dit", "codec", "text_encoder"}
+    ups = [p for n, p in model.named_parameters() if n.endswith(".lora.up.weight")]
+    assert any(p.abs().sum() > 0 for p in ups)  # B starts at zero: the adapters trained

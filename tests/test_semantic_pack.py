@@ -324,3 +324,17 @@ def test_cfg_unconditional_half_carries_psi_of_the_empty_prompt() -> None:
     module.train()
     module.teacher_forcing_loss(batch, prompt_dropout=1.0, generator=gen)
     torch.testing.assert_close(seen[0], module.text_encoder([""] * 3)[0])
+
+
+def test_trained_gates_survive_a_checkpoint_written_outside_the_cli(tmp_path: Path) -> None:
+    """Outside the CLI the networks are pickled in hyper_parameters, sharing storage with the
+    state dict: setting `memory_gate_init` in place at construction zeroed the saved gates."""
+    from lightning_modules.loading import load_module
+    from tests.helpers.tiny import save_checkpoint
+
+    module = tiny_module(semantic_pack=tiny_pack())
+    for gate in module.memory_gates():
+        gate.data.add_(0.1)
+    loaded = load_module(save_checkpoint(module, tmp_path / "gates.ckpt"))
+    for a, b in zip(module.memory_gates(), loaded.memory_gates(), strict=True):
+        assert torch.equal(a, b) and a.abs().sum() > 0

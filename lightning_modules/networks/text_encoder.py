@@ -6,6 +6,11 @@ with a fixed n, and the attribute `dim`. The empty caption "" is the uncondition
 classifier-free guidance. An encoder that also reads the reference image (FramePack's SigLIP
 features, lightning_modules/pretrained/text_encoders.py) sets `reads_image = True` and is called as
 `forward(captions, image [b, 3, H, W] in [-1, 1])`; its image tokens join the text tokens.
+
+A frozen encoder's outputs can be computed once (the conditioning cache,
+`datamodules/conditioning_cache.py`): it splits `forward` into `encode_captions(captions)` and
+`encode_images(image)` (dicts of tensors with the batch first) and `combine(text, image)`, which
+gives exactly `forward`'s (tokens, mask). A trained encoder (`HashTextEncoder`) cannot be cached.
 """
 
 import re
@@ -20,9 +25,25 @@ class TextEncoder(nn.Module):
 
     dim: int
     reads_image: bool = False
+    cache_dtype: torch.dtype = torch.float32  # float parts are cached in this dtype
 
     def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def encode_captions(self, captions: list[str]) -> dict[str, Tensor]:
+        """Per-caption parts of the features (frozen encoders only: conditioning cache)."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot be cached: only a frozen pretrained encoder's outputs "
+            "can be computed once (unset data.init_args.conditioning_cache)"
+        )
+
+    def encode_images(self, image: Tensor) -> dict[str, Tensor]:
+        """Per-image parts (encoders that read the reference image); none by default."""
+        return {}
+
+    def combine(self, text: dict[str, Tensor], image: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """`forward`'s (tokens, mask) from `encode_captions` and `encode_images` parts."""
+        raise NotImplementedError(f"{type(self).__name__} has no cached form")
 
 
 class HashTextEncoder(TextEncoder):

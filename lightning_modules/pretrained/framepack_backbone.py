@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.networks.attention import attend, read_memory
@@ -50,6 +51,12 @@ from lightning_modules.pretrained.folders import (
 from lightning_modules.pretrained.text_encoders import unpack_conditioning
 
 MODEL_CLASS = "HunyuanVideoFramepackTransformer3DModel"
+
+
+def has_values(x: Tensor) -> bool:
+    """False for tensors that only carry shapes (meta, or the fake tensors of `benchmarks/plan.py`),
+    whose values cannot be read."""
+    return not (x.is_meta or isinstance(x, FakeTensor))
 
 
 @dataclass
@@ -190,8 +197,12 @@ class FramePackBackbone(Backbone):
         self.patch = (arch["patch_size_t"], arch["patch_size"], arch["patch_size"])
         diffusers = import_hf("diffusers")
         cls = getattr(diffusers, MODEL_CLASS)
+        self._pretrained_folder: str | None = None
         if pretrained_dir is None:
-            self.model = cls(**arch).to(torch_dtype(dtype))
+            self.model = cls(**arch)
+            if torch_dtype(dtype) != torch.float32:
+                self.model.to(torch_dtype(dtype))
+            self.pretrained_keys: frozenset[str] = frozenset()
         else:
             folder = check_folder(
                 f"{pretrained_dir}/{subfolder}" if subfolder else pretrained_dir,
@@ -202,6 +213,9 @@ class FramePackBackbone(Backbone):
                 str(folder), torch_dtype=torch_dtype(dtype), local_files_only=True
             )
             self._check_config(folder, arch)
+            self._pretrained_folder = str(folder)
+            # The state-dict keys the folder provided (before memory gates or adapters are added).
+            self.pretrained_keys = frozenset(f"model.{k}" for k in self.model.state_dict())
         self.counts = (n1, n2, n4)
         self.image_tokens = image_tokens
         self.rope_layout = rope_layout
@@ -227,6 +241,10 @@ class FramePackBackbone(Backbone):
                 f"FramePackBackbone: the architecture in the config differs from {str(folder)!r}'s "
                 "config.json (set these to the folder's values): " + "; ".join(wrong)
             )
+
+    def pretrained_sources(self) -> list[str]:
+        """The folder the weights came from (`training/frozen_parts.py`); none without one."""
+        return [] if self._pretrained_folder is None else [self._pretrained_folder]
 
     # ------------------------------------------------------------------ the Backbone contract
     @property
@@ -349,11 +367,13 @@ class FramePackBackbone(Backbone):
             img = model.image_projection(image_feat.to(dtype))
             cond = torch.cat((img, cond), dim=1)
             cond_mask = torch.cat((cond_mask.new_ones(img.shape[:2]), cond_mask), dim=1)
-        keep = int(cond_mask.sum(1).max())  # drop padding every row has; mask the rest
-        cond, cond_mask = cond[:, :keep], cond_mask[:, :keep]
         mask = None
-        if not bool(cond_mask.all()):
-            mask = torch.cat((cond_mask.new_ones(b, video.shape[1]), cond_mask), 1)[:, None, None]
+        if has_values(cond_mask):  # the memory planner (meta/fake tensors) keeps every token
+            keep = int(cond_mask.sum(1).max())  # drop padding every row has; mask the rest
+            cond, cond_mask = cond[:, :keep], cond_mask[:, :keep]
+            if not bool(cond_mask.all()):
+                mask = torch.cat((cond_mask.new_ones(b, video.shape[1]), cond_mask), 1)
+                mask = mask[:, None, None]
 
         rope = RotaryMemory(cos, sin, memory)
         for block in self.blocks:

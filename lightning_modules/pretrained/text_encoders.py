@@ -20,12 +20,20 @@ and `image_dim` describe the layout and are checked against the backbone at cons
 SemanticPack's psi_0 reads the packed tokens as they are: prompt and image features (Sec. 3.1).
 
 `T5TextEncoder` is Wan's UMT5 (or any T5) encoder: `last_hidden_state` with padding zeroed.
+
+Both are frozen and load their weights on first use (`LazyEncoder`): the sizes come from the
+folders' `config.json`, so a run that reads the conditioning cache (`datamodules/
+conditioning_cache.py`) never loads LLaMA, CLIP or SigLIP. Their outputs split into per-caption
+parts (`encode_captions`) and per-image parts (`encode_images`), which the cache stores and
+`combine` packs exactly as `forward` does. Their weights never enter a checkpoint
+(`pretrained_sources`, `training/frozen_parts.py`).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +48,7 @@ from lightning_modules.pretrained.folders import (
     check_folder,
     freeze,
     load_transformers,
+    torch_dtype,
 )
 
 # HunyuanVideo's prompt template (diffusers' pipeline_hunyuan_video_framepack DEFAULT_PROMPT_TEMPLATE);
@@ -86,7 +95,77 @@ def _sub(root: str, subfolder: str) -> str:
     return f"{root}/{subfolder}" if subfolder else root
 
 
-class HunyuanTextEncoder(TextEncoder):
+class LazyEncoder(TextEncoder):
+    """A frozen pretrained encoder whose weights load on first use, onto the module's device.
+
+    Subclasses set `self.folders` (name -> folder, the weights' sources) and implement
+    `_load_models()` and `_model_names`; `load()` / `unload()` are explicit too (the
+    conditioning cache loads the encoder to fill itself and unloads it afterwards).
+    """
+
+    _model_names: tuple[str, ...] = ()
+    folders: dict[str, Path]
+
+    def __init__(self, dtype: DType) -> None:
+        super().__init__()
+        self.cache_dtype = torch_dtype(dtype)  # the weights' dtype: outputs stored losslessly in it
+        self._dtype = dtype
+        # Tracks the device the module was moved to, where lazily loaded weights then go.
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
+        for name in self._model_names:
+            setattr(self, name, None)
+
+    @property
+    def loaded(self) -> bool:
+        return all(getattr(self, n) is not None for n in self._model_names if self._needed(n))
+
+    def _needed(self, name: str) -> bool:
+        return True
+
+    def pretrained_sources(self) -> list[Path]:
+        return list(self.folders.values())
+
+    def _load_models(self) -> dict[str, torch.nn.Module]:
+        raise NotImplementedError
+
+    def load(self) -> None:
+        """Load the weights from the folders (a no-op once loaded)."""
+        if self.loaded:
+            return
+        for name, model in self._load_models().items():
+            setattr(self, name, freeze(model.to(self._anchor.device)))
+
+    def unload(self) -> None:
+        """Drop the weights (they load again on the next use)."""
+        for name in self._model_names:
+            setattr(self, name, None)
+
+    def train(self, mode: bool = True) -> LazyEncoder:
+        super().train(mode)
+        for name in self._model_names:
+            model = getattr(self, name)
+            if model is not None:
+                model.eval()  # frozen encoders stay in eval mode
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. in a checkpoint's hyperparameters) without the weights, which load
+        from the folders again on first use."""
+        state = dict(super().__getstate__())  # a copy: the live module keeps its weights
+        state["_modules"] = {
+            k: None if k in self._model_names else v for k, v in state["_modules"].items()
+        }
+        return state
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any) -> None:
+        """A checkpoint written before frozen parts were left out holds these weights: load
+        the models first, so that its weights replace them as they did."""
+        if not self.loaded and any(k.startswith(prefix) for k in state_dict):
+            self.load()
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+
+class HunyuanTextEncoder(LazyEncoder):
     """LLaMA (HunyuanVideo layer -3, template cropped) + CLIP-L pooled [+ SigLIP image features].
 
     Args:
@@ -102,6 +181,7 @@ class HunyuanTextEncoder(TextEncoder):
     """
 
     reads_image = False
+    _model_names = ("llama", "clip", "siglip")
 
     def __init__(
         self,
@@ -120,7 +200,7 @@ class HunyuanTextEncoder(TextEncoder):
         crop_start: int | None = HUNYUAN_CROP_START,
         dtype: DType = "bfloat16",
     ) -> None:
-        super().__init__()
+        super().__init__(dtype)
         if "{}" not in prompt_template:
             raise ValueError(
                 f"prompt_template must contain '{{}}' for the caption: {prompt_template!r}"
@@ -141,10 +221,9 @@ class HunyuanTextEncoder(TextEncoder):
             folders["proc"] = check_folder(
                 _sub(image_encoder_dir, processor_subfolder), f"{name} SigLIP processor", IMAGE_PROCESSOR
             )  # fmt: skip
+        self.folders = folders
         self.tokenizer = load_transformers("AutoTokenizer", folders["tok"])
         self.clip_tokenizer = load_transformers("AutoTokenizer", folders["clip_tok"])
-        self.llama = freeze(load_transformers("AutoModel", folders["llama"], dtype))
-        self.clip = freeze(load_transformers("CLIPTextModel", folders["clip"], dtype))
         self.max_tokens, self.clip_tokens = max_tokens, clip_tokens
         self.hidden_layer_skip = hidden_layer_skip
         self.prompt_template = prompt_template
@@ -152,14 +231,14 @@ class HunyuanTextEncoder(TextEncoder):
             prefix = prompt_template.split("{}")[0]
             crop_start = len(self.tokenizer(prefix)["input_ids"])
         self.crop_start = crop_start
-        self.dim = int(self.llama.config.hidden_size)
-        self.pooled_dim = int(self.clip.config.hidden_size)
-        self.siglip = None
+        self.dim = int(load_transformers("AutoConfig", folders["llama"]).hidden_size)
+        self.pooled_dim = int(load_transformers("AutoConfig", folders["clip"]).hidden_size)
         self.image_tokens, self.image_dim = 0, 0
         if image_encoder_dir is not None:
-            self.siglip = freeze(load_transformers("SiglipVisionModel", folders["siglip"], dtype))
+            config = load_transformers("AutoConfig", folders["siglip"])
+            config = getattr(config, "vision_config", config)
+            self._siglip_image_size = int(config.image_size)
             self._read_processor(folders["proc"] / "preprocessor_config.json")
-            config = self.siglip.config
             self.image_tokens = (config.image_size // config.patch_size) ** 2
             self.image_dim = int(config.hidden_size)
             self.reads_image = True
@@ -172,19 +251,24 @@ class HunyuanTextEncoder(TextEncoder):
         config = json.loads(path.read_text())
         size = config.get("size", {})
         side = size.get("height", size.get("shortest_edge")) if isinstance(size, dict) else size
-        self.image_size = int(side or self.siglip.config.image_size)
+        self.image_size = int(side or self._siglip_image_size)
         self.register_buffer("image_mean", torch.tensor(config.get("image_mean", [0.5] * 3)), False)
         self.register_buffer("image_std", torch.tensor(config.get("image_std", [0.5] * 3)), False)
 
-    def train(self, mode: bool = True) -> HunyuanTextEncoder:
-        super().train(mode)
-        for model in (self.llama, self.clip, self.siglip):
-            if model is not None:
-                model.eval()  # frozen encoders stay in eval mode
-        return self
+    def _needed(self, name: str) -> bool:
+        return name != "siglip" or self.reads_image
+
+    def _load_models(self) -> dict[str, torch.nn.Module]:
+        f, dtype = self.folders, self._dtype
+        models = {"llama": load_transformers("AutoModel", f["llama"], dtype),
+                  "clip": load_transformers("CLIPTextModel", f["clip"], dtype)}  # fmt: skip
+        if self.reads_image:
+            models["siglip"] = load_transformers("SiglipVisionModel", f["siglip"], dtype)
+        return models
 
     @torch.no_grad()
     def encode_llama(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        self.load()
         prompts = [self.prompt_template.format(c) for c in captions]
         device = next(self.llama.parameters()).device
         ids = self.tokenizer(
@@ -203,6 +287,7 @@ class HunyuanTextEncoder(TextEncoder):
 
     @torch.no_grad()
     def encode_clip(self, captions: list[str]) -> Tensor:
+        self.load()
         device = next(self.clip.parameters()).device
         ids = self.clip_tokenizer(
             captions, max_length=self.clip_tokens, padding="max_length", truncation=True,
@@ -213,6 +298,7 @@ class HunyuanTextEncoder(TextEncoder):
     @torch.no_grad()
     def encode_image(self, image: Tensor) -> Tensor:
         """image [b, 3, H, W] in [-1, 1] -> SigLIP features [b, image_tokens, image_dim]."""
+        self.load()
         x = F.interpolate(
             (image.float() + 1) / 2, size=(self.image_size, self.image_size), mode="bicubic",
             align_corners=False, antialias=True,
@@ -221,23 +307,39 @@ class HunyuanTextEncoder(TextEncoder):
         dtype = next(self.siglip.parameters()).dtype
         return self.siglip(pixel_values=x.to(dtype)).last_hidden_state.float()
 
+    def encode_captions(self, captions: list[str]) -> dict[str, Tensor]:
+        """The per-caption parts: LLaMA tokens [b, max_tokens, dim] + mask, CLIP pooled [b, p]."""
+        text, mask = self.encode_llama(list(captions))
+        return {"llama": text, "llama_mask": mask, "pooled": self.encode_clip(list(captions))}
+
+    def encode_images(self, image: Tensor) -> dict[str, Tensor]:
+        """The per-image part: SigLIP features [b, image_tokens, image_dim] (none without it)."""
+        return {"siglip": self.encode_image(image)} if self.reads_image else {}
+
+    def combine(self, text: dict[str, Tensor], image: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """`forward`'s packed (tokens, mask) from the two kinds of parts."""
+        return pack_conditioning(
+            text["pooled"], image.get("siglip"), text["llama"], text["llama_mask"], self.dim
+        )
+
     def forward(self, captions: list[str], image: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.reads_image and image is None:
             raise ValueError(
                 "HunyuanTextEncoder has a SigLIP image encoder: pass the reference image"
             )
-        text, mask = self.encode_llama(list(captions))
-        features = self.encode_image(image) if self.reads_image else None
-        return pack_conditioning(self.encode_clip(list(captions)), features, text, mask, self.dim)
+        images = self.encode_images(image) if self.reads_image else {}
+        return self.combine(self.encode_captions(captions), images)
 
 
-class T5TextEncoder(TextEncoder):
+class T5TextEncoder(LazyEncoder):
     """A (UM)T5 encoder (Wan's text encoder): `last_hidden_state`, padding tokens zeroed.
 
     Args:
         pretrained_dir: a checkout in the diffusers layout (`text_encoder/`, `tokenizer/`).
         max_tokens: fixed token count (512 in Wan).
     """
+
+    _model_names = ("t5",)
 
     def __init__(
         self,
@@ -247,7 +349,7 @@ class T5TextEncoder(TextEncoder):
         max_tokens: int = 512,
         dtype: DType = "bfloat16",
     ) -> None:
-        super().__init__()
+        super().__init__(dtype)
         name = type(self).__name__
         model_dir = check_folder(
             _sub(pretrained_dir, text_subfolder), f"{name} T5", TRANSFORMERS_MODEL
@@ -255,18 +357,25 @@ class T5TextEncoder(TextEncoder):
         tok_dir = check_folder(
             _sub(pretrained_dir, tokenizer_subfolder), f"{name} tokenizer", TOKENIZER
         )
+        self.folders = {"t5": model_dir, "tok": tok_dir}
         self.tokenizer = load_transformers("AutoTokenizer", tok_dir)
-        self.t5 = freeze(load_transformers("AutoModelForTextEncoding", model_dir, dtype))
         self.max_tokens = max_tokens
-        self.dim = int(self.t5.config.d_model)
+        self.dim = int(load_transformers("AutoConfig", model_dir).d_model)
 
-    def train(self, mode: bool = True) -> T5TextEncoder:
-        super().train(mode)
-        self.t5.eval()
-        return self
+    def _load_models(self) -> dict[str, torch.nn.Module]:
+        model = load_transformers("AutoModelForTextEncoding", self.folders["t5"], self._dtype)
+        return {"t5": model}
+
+    def encode_captions(self, captions: list[str]) -> dict[str, Tensor]:
+        tokens, mask = self(captions)
+        return {"tokens": tokens, "mask": mask}
+
+    def combine(self, text: dict[str, Tensor], image: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return text["tokens"].float(), text["mask"]
 
     @torch.no_grad()
     def forward(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        self.load()
         device = next(self.t5.parameters()).device
         ids = self.tokenizer(
             list(captions), max_length=self.max_tokens, padding="max_length", truncation=True,

@@ -21,6 +21,9 @@ approaches (without the blend). Weights load from
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -61,12 +64,9 @@ class DiffusersVideoVAE(LatentCodec):
             DIFFUSERS_MODEL,
         )
         self.pretrained_dir = str(folder)
-        self.vae = freeze(load_diffusers(self.vae_class, folder, dtype))
-        if tiling:
-            self.vae.enable_tiling()
-        if slicing:
-            self.vae.enable_slicing()
+        self._dtype = dtype
         self.tiling, self.slicing = tiling, slicing
+        self._load()
         self.sample_posterior = sample_posterior
         self.latent_channels = int(self.vae.config.latent_channels if hasattr(
             self.vae.config, "latent_channels") else self.vae.config.z_dim)  # fmt: skip
@@ -75,6 +75,29 @@ class DiffusersVideoVAE(LatentCodec):
 
     def _temporal_factor(self) -> int:
         return int(self.vae.temporal_compression_ratio)
+
+    def _load(self) -> None:
+        self.vae = freeze(load_diffusers(self.vae_class, Path(self.pretrained_dir), self._dtype))
+        if self.tiling:
+            self.vae.enable_tiling()
+        if self.slicing:
+            self.vae.enable_slicing()
+
+    def pretrained_sources(self) -> list[str]:
+        """The folder the frozen weights come from: rebuilt from it, never saved in checkpoints
+        (`training/frozen_parts.py`)."""
+        return [self.pretrained_dir]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. in a checkpoint's hyperparameters) without the weights: unpickling
+        loads them from `pretrained_dir` again."""
+        state = dict(super().__getstate__())  # a copy: the live module keeps its weights
+        state["_modules"] = {k: v for k, v in state["_modules"].items() if k != "vae"}
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._load()
 
     def train(self, mode: bool = True) -> DiffusersVideoVAE:
         super().train(mode)

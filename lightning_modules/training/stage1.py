@@ -21,6 +21,8 @@ from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
 from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
+from lightning_modules.training import frozen_parts
+from lightning_modules.training.adapters import LoraAdapters
 from lightning_modules.training.checkpoints import read_checkpoint
 
 Plain = int | float | str | bool | None
@@ -130,7 +132,7 @@ def read_stage1_checkpoint(path: str) -> dict[str, Any]:
     return read_checkpoint(file)
 
 
-def instantiate(config: Mapping[str, Any], base: type[nn.Module]) -> nn.Module:
+def instantiate(config: Mapping[str, Any], base: type) -> Any:
     """A `class_path`/`init_args` config (as LightningCLI saves it) -> the module, type-checked."""
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--part", type=base)
@@ -193,6 +195,27 @@ def resolve_architecture(
     }
 
 
+def stage1_adapters(
+    ckpt: dict[str, Any] | None, path: str, given: LoraAdapters | Mapping[str, Any] | None
+) -> LoraAdapters | None:
+    """Stage 1's low-rank adapters (stage 2 runs on top of the adapted model); `given` must
+    equal them. Without `ckpt` (a stage-2 model rebuilt from its own hyperparameters,
+    `stage1_start`) the given ones are stage 1's: those hyperparameters recorded them."""
+    if isinstance(given, Mapping):  # a stage-2 checkpoint saved by LightningCLI
+        given = instantiate(given, LoraAdapters)
+    if ckpt is None:
+        return given
+    saved = (ckpt.get("hyper_parameters") or {}).get("adapters")
+    if isinstance(saved, Mapping):  # saved by LightningCLI
+        saved = instantiate(saved, LoraAdapters)
+    if given is not None and given != saved:
+        raise ValueError(
+            f"adapters: given {given!r}, but stage 1 ({path!r}) had {saved!r}. Leave adapters "
+            "out of the stage-2 config: they come from the checkpoint"
+        )
+    return saved
+
+
 def differences(name: str, given: nn.Module | None, stage1: nn.Module | None) -> list[str]:
     """'name.key: given X, stage 1 Y' for each setting where the two architectures differ."""
     if (given is None) != (stage1 is None):
@@ -217,9 +240,11 @@ def load_stage1_weights(module: nn.Module, ckpt: dict[str, Any], path: str) -> N
     state = ckpt.get("state_dict", ckpt)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"init_checkpoint {path!r} holds no state_dict of tensors")
-    own = module.state_dict()
+    frozen_parts.check_records(module, ckpt, f"init_checkpoint {path!r}")
+    own = module.state_dict()  # pretrained parts left out: rebuilt from their folders
     missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
+    extra = set(state) - set(own)
+    unexpected = sorted(extra - frozen_parts.left_out(module, extra))  # an older file saved them
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in sorted(set(own) & set(state))
@@ -247,11 +272,14 @@ def architecture_of(module: nn.Module | None) -> dict[str, Any]:
     settings (ints, floats, strings, bools and tuples of them), the shape of each parameter and
     buffer, and the values of non-persistent buffers (derived from settings, e.g. RoPE
     frequencies, and not in the state dict). Two modules with equal results compute the same
-    function once they hold the same state dict."""
+    function once they hold the same state dict. LoRA adapters (a network pickled after they
+    were added) are left to the `adapters` comparison."""
     if module is None:
         return {"": None}
     out: dict[str, Any] = {}
     for prefix, sub in module.named_modules():
+        if "lora" in prefix.split("."):  # adapters are compared as `adapters` (stage1_adapters)
+            continue
         at = f"{prefix}." if prefix else ""
         out[f"{at}<class>"] = f"{type(sub).__module__}.{type(sub).__qualname__}"
         for key, value in vars(sub).items():
