@@ -7,7 +7,6 @@ MemoryPack -> sample -> decode). The Trainer owns the loop; media and evaluation
 `callbacks/` and `eval/`.
 """
 
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -15,7 +14,6 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
@@ -31,7 +29,9 @@ from lightning_modules.pipeline import VideoPipeline
 from lightning_modules.training import frozen_parts
 from lightning_modules.training.adapters import LoraAdapters
 from lightning_modules.training.nonfinite import check_finite_loss
+from lightning_modules.training.optimizer import configure_adamw
 from lightning_modules.training.parallel import CompileMode, apply_fsdp2, compile_dit
+from lightning_modules.training.settings import check_semantic_pack, check_settings
 from lightning_modules.training.step_seed import seed_batch
 
 
@@ -379,73 +379,5 @@ class VideoModule(L.LightningModule):
 
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        """AdamW; linear warm-up over `warmup_steps` (torch's LinearLR: lr x (step + 1) /
-        warmup_steps), then constant, or cosine decay to 0 at the run's last step (torch's
-        CosineAnnealingLR over the steps after the warm-up), stepped every optimizer step."""
-        hp = self.hparams
-        scale = hp.get("memory_lr_scale", 1.0)
-        gates = {id(p) for p in self.memory_gates() if p.requires_grad} if scale != 1 else set()
-        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in gates]
-        params: list[dict[str, Any]] = [{"params": rest}]
-        if gates:  # the read-in gates move faster than the backbone (`memory_lr_scale`)
-            params.append({"params": [p for p in self.memory_gates() if id(p) in gates],
-                           "lr": hp.lr * scale})  # fmt: skip
-        # fused: one kernel per parameter instead of a dozen (issue 24: 4x faster on CPU). Under
-        # mixed precision Lightning refuses to clip a fused optimizer's gradients (it would unscale
-        # them itself), so there the per-parameter loop: as light on memory as fused (no
-        # multi-tensor copy of the gradients, which benchmarks/plan.py does not budget for).
-        trainer = self._trainer
-        mixed = trainer is not None and isinstance(trainer.precision_plugin, MixedPrecision)
-        opt = torch.optim.AdamW(
-            params, lr=hp.lr, betas=hp.betas, weight_decay=hp.weight_decay,
-            fused=not mixed, foreach=False if mixed else None,
-        )  # fmt: skip
-        warmup = max(1, hp.warmup_steps)
-        ramp = torch.optim.lr_scheduler.LinearLR(
-            opt, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup - 1
-        )
-        if hp.get("lr_schedule", "constant") == "constant":
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": ramp, "interval": "step"}}
-        total = self.trainer.estimated_stepping_batches
-        if not math.isfinite(total):
-            raise ValueError("lr_schedule='cosine' needs a finite run: set max_steps or max_epochs")
-        decay = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(total) - warmup))
-        sched = torch.optim.lr_scheduler.SequentialLR(opt, [ramp, decay], milestones=[warmup])
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def check_settings(**settings: Any) -> None:
-    """Stage 1's scalar settings: one ValueError listing each bad `name=value` and the rule."""
-    rules = {
-        "timestep_sampling": (lambda v: v in ("uniform", "logit_normal", "shifted"),
-                              "uniform, logit_normal or shifted"),
-        "logit_std": (lambda v: v > 0, "> 0"),
-        "shift": (lambda v: v > 0, "> 0"),
-        "prompt_dropout": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        "lr": (lambda v: v > 0, "> 0"),
-        "weight_decay": (lambda v: v >= 0, ">= 0"),
-        "betas": (lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two values in [0, 1)"),
-        "warmup_steps": (lambda v: v >= 0, ">= 0"),
-        "lr_schedule": (lambda v: v in ("constant", "cosine"), "constant or cosine"),
-        "sample_steps": (lambda v: v >= 1, ">= 1"),
-        "sample_shift": (lambda v: v > 0, "> 0"),
-        "cfg_scale": (lambda v: v >= 0, ">= 0"),
-        "rollout_segments": (lambda v: v >= 1, ">= 1"),
-        "memory_focus": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
-        "memory_lr_scale": (lambda v: v > 0, "> 0"),
-    }  # fmt: skip
-    bad = [f"{name}={settings[name]!r} (must be {rule})"
-           for name, (ok, rule) in rules.items() if name in settings and not ok(settings[name])]  # fmt: skip
-    if bad:
-        raise ValueError("invalid model settings: " + "; ".join(bad))
-
-
-def check_semantic_pack(pack: SemanticPack, dit: Backbone, text_dim: int) -> None:
-    """psi joins the DiT's token sequence, so widths and input channels must agree."""
-    for name, got, want in (
-        ("width", pack.width, dit.width),
-        ("latent_channels", pack.latent_channels, dit.latent_channels),
-        ("text_dim", pack.text_dim, text_dim),
-    ):
-        if got != want:
-            raise ValueError(f"semantic_pack.{name}={got} must equal the model's {want}")
+        """AdamW with warm-up, then constant or cosine (`training/optimizer.py`)."""
+        return configure_adamw(self)
