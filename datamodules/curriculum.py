@@ -14,6 +14,12 @@ mid-pass are longer than every admitted one, so they join at the end and the pas
 A batch never mixes lengths, so no segment of a batch is padding. The pass spans epochs and is
 saved with the schedule.
 
+`pass_size`: a pass over everything admitted is long (256 videos), so the longest lengths come only
+at its end: the 150-step stage-2 demo never drew a video of more than 5 segments, and a 1500-step
+run drew 8-segment videos 0% of the time. With `pass_size=N` each pass is N admitted videos drawn
+at random, still in ascending length, so every N steps the pass climbs to the longest admitted
+length (newly admitted lengths wait for the next pass).
+
 Exact resume: the sequence of batches is a function of (seed, lengths, batch size, ranks) and the
 batch index only, so a resumed run does not trust the saved position (a DataLoader's workers run
 the batch sampler ahead of training, so it may be several batches ahead of the checkpointed
@@ -34,14 +40,21 @@ class LengthCurriculum:
     Args:
         start_segments: longest admitted video at the start (1 = image-to-video, A.2).
         grow_every: training batches between admitting the next length (> 0).
+        pass_size: videos per pass (None: every admitted video, the default).
         seed: shuffles videos of equal length, per pass.
     """
 
-    def __init__(self, start_segments: int = 1, grow_every: int = 50, seed: int = 0) -> None:
+    def __init__(
+        self, start_segments: int = 1, grow_every: int = 50, seed: int = 0,
+        pass_size: int | None = None,
+    ) -> None:  # fmt: skip
         if start_segments < 1:
             raise ValueError(f"curriculum start_segments must be >= 1, got {start_segments}")
         if grow_every < 1:
             raise ValueError(f"curriculum grow_every must be >= 1, got {grow_every}")
+        if pass_size is not None and pass_size < 1:
+            raise ValueError(f"curriculum pass_size must be >= 1 or None, got {pass_size}")
+        self.pass_size = pass_size
         self.start_segments = start_segments
         self.grow_every = grow_every
         self.seed = seed
@@ -142,22 +155,23 @@ class CurriculumBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         return -(-len(self.lengths) // (self.batch_size * self.num_replicas))
 
-    def _admitted(self, low: int, high: int) -> list[int]:
-        """Indices of videos with low < length <= high, by length, ties shuffled for this pass."""
+    def _admitted(self, low: int, high: int, size: int | None = None) -> list[int]:
+        """Indices of videos with low < length <= high (`size` of them at random), by length,
+        ties shuffled for this pass."""
         gen = torch.Generator().manual_seed(self.curriculum.seed + self.curriculum.passes)
         order = torch.randperm(len(self.lengths), generator=gen).tolist()
-        picked = [i for i in order if low < self.lengths[i] <= high]
+        picked = [i for i in order if low < self.lengths[i] <= high][:size]
         return sorted(picked, key=lambda i: self.lengths[i])  # stable: keeps the shuffled ties
 
     def _global_batch(self) -> list[int]:
         """The next equal-length videos of the pass for all ranks together."""
         cur = self.curriculum  # the pass lives in the curriculum: it spans epochs and resumes
         cap = cur.max_segments(self.longest, self.shortest)
-        if cap > cur.admitted and cur.queue:  # newly admitted lengths join the pass's end
-            cur.queue += self._admitted(cur.admitted, cap)
-        if not cur.queue:  # a new pass over everything admitted so far
+        if cap > cur.admitted and cur.queue and cur.pass_size is None:
+            cur.queue += self._admitted(cur.admitted, cap)  # new lengths join the pass's end
+        if not cur.queue:  # a new pass over everything admitted so far (or pass_size of it)
             cur.passes += 1
-            cur.queue = self._admitted(0, cap)
+            cur.queue = self._admitted(0, cap, cur.pass_size)
         cur.admitted = cap
         length = self.lengths[cur.queue[0]]
         size = self.batch_size * self.num_replicas

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import lightning as L
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -31,6 +32,22 @@ def test_curriculum_admits_longer_videos_in_sorted_order() -> None:
     assert flat[: len(lengths)] == sorted(lengths)
     short_free = CurriculumBatchSampler([3, 2, 3], 1, LengthCurriculum(grow_every=10))
     assert [b for b in short_free] == [[1], [1], [1]]  # no 1-segment video: start at the shortest
+
+
+def test_pass_size_climbs_to_the_longest_length_every_pass() -> None:
+    """pass_size=N: each pass is N random admitted videos in ascending length, so the longest
+    admitted length comes back every N steps instead of after a pass over the whole set."""
+    lengths = [1] * 40 + [2] * 40 + [3] * 40 + [4] * 40
+    full = CurriculumBatchSampler(lengths, 1, LengthCurriculum(4, grow_every=1, seed=0))
+    short = CurriculumBatchSampler(lengths, 1, LengthCurriculum(4, 1, seed=0, pass_size=8))
+    drawn_full = [lengths[b[0]] for b in full][:40]
+    drawn = [lengths[b[0]] for b in short][:40]
+    assert drawn_full == [1] * 40  # the whole-set pass is still on its 1-segment videos
+    passes = [drawn[k : k + 8] for k in range(0, 40, 8)]
+    assert all(p == sorted(p) for p in passes) and all(p[-1] > 1 for p in passes)
+    assert drawn.count(4) >= 4 and len({tuple(p) for p in passes}) > 1  # random subsets
+    with pytest.raises(ValueError, match="pass_size must be >= 1 or None, got 0"):
+        LengthCurriculum(pass_size=0)
 
 
 def test_curriculum_shards_equal_length_batches_across_ranks() -> None:
