@@ -1,6 +1,6 @@
 """Will it fit? GPU memory and FLOPs of a stage-1 step per rank, estimated before renting GPUs.
 
-    python -m benchmarks.plan [--json plan.json] [--validate] [--trace_encoders]
+    python -m benchmarks.plan [--json plan.json] [--trace_encoders]
 
 For the real FramePack-F1 (`configs/framepack_f1/stage1.yaml`: 13B, 480 x 832, 9-latent
 segments) and the small default (`configs/stage1.yaml`) it prints parameters, trainable
@@ -8,7 +8,8 @@ parameters, the bytes per rank of weights, gradients and optimizer state under t
 frozen parts (VAE, encoders), the activation memory of one segment with and without per-block
 activation checkpointing, the peak per rank and the FLOPs of a step; for full fine-tuning and
 for LoRA adapters, on 1 and 8 GPUs of 80 GB, with and without the latent and conditioning caches.
-`--validate` checks the estimator against peaks measured on CPU at tiny sizes (the README table).
+`python -m benchmarks.plan_check` checks the estimator against peaks measured on CPU at tiny sizes
+(the README table).
 
 These are ESTIMATES until a GPU run confirms them. What they assume:
 - one video per GPU and step, one segment of `segment_frames / 4` latent frames at the config's
@@ -346,7 +347,6 @@ def trace_encoders() -> dict[str, int]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--validate", action="store_true", help="also check against CPU peaks")
     parser.add_argument("--trace_encoders", action="store_true", help="re-trace ENCODE (slow)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
@@ -358,13 +358,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print("ESTIMATES (until a GPU run confirms them), per rank, GB = 1e9 bytes:\n" + table(real))
     print("\n" + table(small, unit="MB"))
     result: dict[str, Any] = {"rows": [asdict(r) for r in rows]}
-    if args.validate:
-        from benchmarks.plan_check import check, check_table
-
-        result["validation"] = check()
-        print(
-            "\nestimate vs peak measured on CPU (tiny sizes):\n" + check_table(result["validation"])
-        )
     print(f"\nplan: {time.perf_counter() - start:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -1,6 +1,6 @@
 """The memory planner against measurement: its estimate of a step's peak vs the peak measured on CPU.
 
-`python -m benchmarks.plan --validate` prints the table (the README quotes it). At tiny sizes a
+`python -m benchmarks.plan_check [--json out.json]` prints the table (the README quotes it). At tiny sizes a
 step runs for real on CPU, its peak of live tensor bytes read from `torch.profiler`'s allocator
 events (`memory_trace.measured_peak`); the planner estimates the same step from fake tensors
 the way it estimates the 13B model: a miniature of one block per kind, extrapolated to the
@@ -13,6 +13,9 @@ without activation checkpointing, under bf16 autocast and in fp32.
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,3 +95,18 @@ def check_table(rows: list[dict[str, Any]]) -> str:
         )
     worst = max(abs(r["error"]) for r in rows)
     return "\n".join(lines) + f"\n\nlargest error: {100 * worst:.1f}%"
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    parser = argparse.ArgumentParser(description="the fit planner against CPU-measured peaks")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    rows = check()
+    print("estimate vs peak measured on CPU (tiny sizes):\n" + check_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, default=str))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

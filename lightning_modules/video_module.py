@@ -380,4 +380,4 @@ class VideoModule(L.LightningModule):
     # ----------------------------------------------------------------- optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with warm-up, then constant or cosine (`training/optimizer.py`)."""
-        return configure_adamw(self)
+        return configure_adamw(self, self.memory_gates())

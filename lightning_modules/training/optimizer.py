@@ -4,28 +4,26 @@ group when `memory_lr_scale` != 1, and a linear warm-up then constant or cosine 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import lightning as L
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision
-
-if TYPE_CHECKING:  # the module imports this file
-    from lightning_modules.video_module import VideoModule
 
 __all__ = ["configure_adamw"]
 
 
-def configure_adamw(module: VideoModule) -> dict[str, Any]:
+def configure_adamw(module: L.LightningModule, gates: list[torch.nn.Parameter]) -> dict[str, Any]:
     """AdamW; linear warm-up over `warmup_steps` (torch's LinearLR: lr x (step + 1) /
     warmup_steps), then constant, or cosine decay to 0 at the run's last step (torch's
     CosineAnnealingLR over the steps after the warm-up), stepped every optimizer step."""
     hp = module.hparams
     scale = hp.get("memory_lr_scale", 1.0)
-    gates = {id(p) for p in module.memory_gates() if p.requires_grad} if scale != 1 else set()
-    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in gates]
+    fast = {id(p) for p in gates if p.requires_grad} if scale != 1 else set()
+    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in fast]
     params: list[dict[str, Any]] = [{"params": rest}]
-    if gates:  # the read-in gates move faster than the backbone (`memory_lr_scale`)
-        params.append({"params": [p for p in module.memory_gates() if id(p) in gates],
+    if fast:  # the read-in gates move faster than the backbone (`memory_lr_scale`)
+        params.append({"params": [p for p in gates if id(p) in fast],
                        "lr": hp.lr * scale})  # fmt: skip
     # fused: one kernel per parameter instead of a dozen (issue 24: 4x faster on CPU). Under
     # mixed precision Lightning refuses to clip a fused optimizer's gradients (it would unscale
