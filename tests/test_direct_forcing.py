@@ -114,18 +114,25 @@ def test_semantic_pack_memory_runs_on_the_one_step_estimate(tmp_path: Path) -> N
     assert len(calls) == 3 and not torch.allclose(calls[2]["args"][5], calls[0]["args"][5])
 
 
+def step_and_rewind(module: DirectForcingModule) -> list[dict[str, Any]]:
+    """One step on a 2-segment video, recorded; the weights put back to those that made both
+    segments' histories (the step came after them), and the RNG at the draws after the first
+    segment's loss, so a test can redo what that segment stored."""
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    calls = record_segments(module)
+    fit_items(module, [2], max_steps=1)
+    module.load_state_dict(weights)
+    torch.set_rng_state(calls[0]["rng_after"])
+    return calls
+
+
 def test_student_history_runs_the_sampler(stage1_ckpt: Path) -> None:
     """The stored history is k Euler steps (Eq. 6) from fresh noise, with the weights that
     produced the segment's loss: redone here by hand from the same noise."""
     module = tiny_stage2(stage1_ckpt, history="student", student_steps=2)
-    weights = {k: v.clone() for k, v in module.state_dict().items()}
-    calls = record_segments(module)
-    fit_items(module, [2], max_steps=1)
-    module.load_state_dict(weights)  # the step came after both segments' histories
-    call = calls[0]
+    call = step_and_rewind(module)[0]
     x, seg, history, image, text, psi = call["args"][:6]
-    torch.set_rng_state(call["rng_after"])  # the sampler's noise is the next draw
-    sample = torch.randn_like(x)
+    sample = torch.randn_like(x)  # the sampler's noise is the next draw
     with torch.no_grad():
         for t in (0.0, 0.5):  # 2 Euler steps of dt = 1/2 from t = 0 (noise) to 1 (data)
             v = module.dit(sample, torch.full((1,), t), seg, history, image, *text, memory=psi)
@@ -141,14 +148,10 @@ def test_direct_estimate_at_a_chosen_t(stage1_ckpt: Path, span: tuple[float, flo
     """estimate_t=(lo, hi): the stored history is Eq. 7 from one extra forward at t ~ U(lo, hi)
     on freshly noised data, not the loss's estimate; redone by hand from the same draws."""
     module = tiny_stage2(stage1_ckpt, estimate_t=span)
-    weights = {k: v.clone() for k, v in module.state_dict().items()}
-    calls = record_segments(module)
-    fit_items(module, [2], max_steps=1)
-    module.load_state_dict(weights)  # the step came after both segments' histories
+    calls = step_and_rewind(module)
     call = calls[0]
     x, seg, history, image, text, psi = call["args"][:6]
-    torch.set_rng_state(call["rng_after"])  # t, then the noise: the draws after the loss's
-    t = span[0] + (span[1] - span[0]) * torch.rand(x.shape[0])
+    t = span[0] + (span[1] - span[0]) * torch.rand(x.shape[0])  # t, then the noise
     assert span[0] - 1e-6 <= float(t) <= span[1] + 1e-6
     x_t = rf.interpolate(x, torch.randn_like(x), t)
     with torch.no_grad():
