@@ -101,6 +101,13 @@ def print_rollout(r: dict[str, Any]) -> None:
     for key in ("flow_share", "dynamic_fraction", "grid_edge_first", "grid_edge"):
         g, t = r[key], r[key + "_truth"]
         print(f"{key:<22}{g:>10.3f}{t:>10.3f}{g / t if t else float('nan'):>8.2f}")
+    if "true_history_flow_share_by_depth" in r:  # no drift: does a sample from the truth move?
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        for key, truth in (("flow_share", "flow_share_by_depth_truth"),
+                           ("grid_edge", "grid_edge_by_depth_truth")):  # fmt: skip
+            g, t = mean(r[f"true_history_{key}_by_depth"]), mean(r[truth])
+            name = f"true hist {key}"
+            print(f"{name:<22}{g:>10.3f}{t:>10.3f}{g / t if t else float('nan'):>8.2f}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -153,7 +153,9 @@ def rollout_quality(
     Per depth d = 1..depth (lists): `psnr_by_depth` of generated segment d against the true one;
     `static_by_depth`, the last true frame repeated, against the same; with `true_history`,
     `true_history_by_depth`: segment d sampled by the same model from the TRUE segments before it
-    (no exposure to its own samples); `grid_edge_by_depth` and `flow_share_by_depth` (the frame
+    (no exposure to its own samples), with its `true_history_flow_share_by_depth` (the pair
+    entering it included) and `true_history_grid_edge_by_depth`, so motion and seams can be told
+    apart from drift; `grid_edge_by_depth` and `flow_share_by_depth` (the frame
     pairs ending in segment d, the one entering it included), each with the truth's
     (`..._truth`). Over the whole rollout, with the truth's: `flow_share`, `dynamic_fraction`,
     `grid_edge` (`eval/motion.py`), and `grid_edge_first` of its first segment.
@@ -173,7 +175,8 @@ def rollout_quality(
     start = prefix_segments * f
     lists = ["psnr_by_depth", "static_by_depth", "grid_edge_by_depth", "flow_share_by_depth",
              "grid_edge_by_depth_truth", "flow_share_by_depth_truth"]  # fmt: skip
-    lists += ["true_history_by_depth"] if true_history else []
+    lists += ["true_history_by_depth", "true_history_flow_share_by_depth",
+              "true_history_grid_edge_by_depth"] if true_history else []  # fmt: skip
     by_depth: dict[str, list[list[float]]] = {k: [[] for _ in range(depth)] for k in lists}
     totals: dict[str, list[float]] = {
         f"{k}{s}": [] for k in (*MOTION_KEYS, "grid_edge_first") for s in ("", "_truth")
@@ -207,6 +210,11 @@ def rollout_quality(
                 if true_history:
                     sample = continued(prefix_segments + d, prefix_segments + d + 1)[part]
                     by_depth["true_history_by_depth"][d].append(psnr(sample, truth[part]))
+                    entering = torch.cat((truth[part.start - 1 : part.start], sample))
+                    by_depth["true_history_flow_share_by_depth"][d].append(
+                        float(pair_motion(entering)[0].mean())
+                    )
+                    by_depth["true_history_grid_edge_by_depth"][d].append(grid_edge(sample, grid))
     finally:
         model.train(was_training)
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731

@@ -124,6 +124,14 @@ def test_rollout_quality_oracle_matches_truth_and_a_frozen_model_the_static_copy
         assert f["flow_share"] == 0 and f["dynamic_fraction"] == 0
         assert o["grid_edge"] == pytest.approx(o["grid_edge_truth"])
     assert len(oracle[0]["static_by_depth"]) == 3 and oracle[0]["rollout_videos"] == 1
+    # From the true history: the oracle moves as the truth does, the frozen model not at all.
+    e = items[0]
+    o = rollout_quality(RolloutStub(e["video"], 4), [e], 4, depth=3, true_history=True)
+    f = rollout_quality(RolloutStub(e["video"], 4, True), [e], 4, depth=3, true_history=True)
+    assert o["true_history_flow_share_by_depth"] == pytest.approx(o["flow_share_by_depth_truth"])
+    assert min(o["true_history_flow_share_by_depth"]) > 0
+    assert f["true_history_flow_share_by_depth"] == [0.0] * 3
+    assert o["true_history_grid_edge_by_depth"] == pytest.approx(o["grid_edge_by_depth_truth"])
     with pytest.raises(ValueError, match="segments"):
         rollout_quality(RolloutStub(items[0]["video"], 4), items, 4, depth=4)  # needs 5
 
