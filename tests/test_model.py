@@ -130,3 +130,40 @@ def test_generate_shapes_and_cfg() -> None:
 
 def test_to_uint8_maps_range() -> None:
     assert to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0])).tolist() == [0, 128, 255, 255]
+
+
+def test_smooth_head_starts_as_the_linear_one_and_reads_across_token_borders() -> None:
+    torch.manual_seed(0)
+    linear, smooth = tiny_dit(), tiny_dit(head="smooth")
+    smooth.load_state_dict(linear.state_dict(), strict=False)  # all but the new convolution
+    for p in linear.head.parameters():  # a trained-like head: nonzero output
+        torch.nn.init.normal_(p, std=0.1)
+    smooth.head.load_state_dict(linear.head.state_dict(), strict=False)
+    b, frames = 1, 2
+    x = {
+        "noisy": torch.randn(b, frames, 12, 8, 8), "t": torch.rand(b),
+        "segment_index": torch.tensor([1]), "history": torch.randn(b, 7, 12, 8, 8),
+        "image": torch.randn(b, 1, 12, 8, 8), "text": torch.randn(b, 16, 16),
+        "text_mask": torch.ones(b, 16, dtype=torch.bool),
+    }  # fmt: skip
+    with torch.no_grad():
+        assert torch.equal(smooth(**x), linear(**x))  # zero-initialised residual: the same model
+        torch.nn.init.normal_(smooth.head.smooth.weight, std=0.1)
+        # Each token predicts its own 2 x 2 latent patch: change the head's input of one token
+        # (the last block's output) and see which latent pixels move.
+        moved = {}
+        for name, model in (("linear", linear), ("smooth", smooth)):
+            tokens = {}
+
+            def grab(module, inputs, out, tokens=tokens):  # noqa: ANN001, ANN202
+                out = out.clone()
+                out[:, -2 * 16 + 2 * 4 + 1] += torch.randn(out.shape[-1])  # frame 0, row 2, col 1
+                return out
+
+            handle = model.blocks[-1].register_forward_hook(grab)
+            changed = (model(**x) - (handle.remove() or model(**x))).abs().amax(dim=2)[0, 0]
+            moved[name] = changed > 1e-6
+        assert moved["linear"].sum() == 4 and moved["linear"][4:6, 2:4].all()  # its own patch
+        assert moved["smooth"].sum() > 4  # and its neighbours across the token border
+    with pytest.raises(ValueError, match="unknown head 'conv'"):
+        tiny_dit(head="conv")

@@ -154,14 +154,22 @@ class DiTBlock(nn.Module):
 
 
 class OutputHead(nn.Module):
-    """Final adaLN norm + linear: the only part Direct Forcing trains (Sec. 4.1, A.2)."""
+    """Final adaLN norm + linear: the only part Direct Forcing trains (Sec. 4.1, A.2).
 
-    def __init__(self, width: int, out_dim: int) -> None:
+    `smooth` (latent channels, or 0 for none) adds a zero-initialised residual 3x3 convolution over
+    each output frame's latent grid: each token's linear predicts its own 2 x 2 latent patch, and
+    errors that differ from token to token show as seams on the token grid; the convolution lets
+    a prediction see its neighbours across token borders. At init the head is the plain one.
+    """
+
+    def __init__(self, width: int, out_dim: int, smooth: int = 0) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 2 * width))
         self.linear = nn.Linear(width, out_dim)
-        for layer in (self.modulation[1], self.linear):
+        self.smooth = nn.Conv2d(smooth, smooth, 3, padding=1) if smooth else None
+        layers = (self.modulation[1], self.linear, *([self.smooth] if smooth else []))
+        for layer in layers:
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
@@ -185,6 +193,8 @@ class VideoDiT(Backbone):
         qk_norm: RMS-normalise queries and keys per head (HunyuanVideo/FramePack do); off lets a
             small model trained briefly sharpen attention (see `Attention`).
         grad_checkpointing: recompute block activations in backward to save memory.
+        head: `linear` (DiT's per-token output) or `smooth` (plus a residual 3x3 convolution
+            across token borders, `OutputHead`).
     """
 
     def __init__(
@@ -201,8 +211,11 @@ class VideoDiT(Backbone):
         context: Literal["framepack", "full_history"] = "framepack",
         qk_norm: bool = True,
         grad_checkpointing: bool = False,
+        head: Literal["linear", "smooth"] = "linear",
     ) -> None:
         super().__init__()
+        if head not in ("linear", "smooth"):
+            raise ValueError(f"unknown head {head!r}; expected 'linear' or 'smooth'")
         if context not in ("framepack", "full_history"):
             raise ValueError(f"unknown context {context!r}; expected 'framepack' or 'full_history'")
         self.latent_channels = latent_channels
@@ -220,7 +233,8 @@ class VideoDiT(Backbone):
         self.blocks = nn.ModuleList(
             DiTBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth)
         )
-        self.head = OutputHead(width, latent_channels * math.prod(PATCH_1X))
+        smooth = latent_channels if head == "smooth" else 0
+        self.head = OutputHead(width, latent_channels * math.prod(PATCH_1X), smooth)
 
     @property
     def text_dim(self) -> int:
@@ -310,11 +324,14 @@ class VideoDiT(Backbone):
 
         out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
         kt, kh, kw = PATCH_1X
-        return rearrange(
+        out = rearrange(
             out,
             "b (f h w) (c pt ph pw) -> b (f pt) c (h ph) (w pw)",
             f=frames // kt, h=h // kh, w=w // kw, pt=kt, ph=kh, pw=kw,
         )  # fmt: skip
+        if self.head.smooth is not None:
+            out = out + self.head.smooth(out.flatten(0, 1)).view_as(out)
+        return out
 
     def tokens_per_segment(self, frames: int, h: int, w: int, text_tokens: int) -> int:
         """Sequence length seen per segment (without memory tokens): constant in video length
