@@ -43,18 +43,24 @@ class GenerationQualityCallback(L.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         dm = trainer.datamodule
-        val_set = getattr(dm, "val_set", None) or []
-        videos = [ex for ex in (val_set[i] for i in range(len(val_set))) if ex is not None]
-        videos = [ex for ex in videos if ex["video"].shape[0] >= 1 + self.depth]
+        val_set = getattr(dm, "val_set", None)
+        videos = []  # the first num_videos long enough: no more is loaded than is scored
+        for index in range(0 if val_set is None else len(val_set)):
+            ex = val_set[index]
+            if ex is None:
+                warnings.warn(f"GenerationQualityCallback: val_set[{index}] is None; skipped",
+                              stacklevel=2)  # fmt: skip
+            elif ex["video"].shape[0] >= 1 + self.depth:
+                videos.append(ex)
+            if len(videos) == self.num_videos:
+                break
         if not videos:
             warnings.warn(
                 f"GenerationQualityCallback: no held-out video has {1 + self.depth} segments; "
                 "skipped", stacklevel=2,
             )  # fmt: skip
             return
-        got = rollout_quality(
-            pl_module, videos[: self.num_videos], dm.segment_frames, self.depth, seed=self.seed
-        )
+        got = rollout_quality(pl_module, videos, dm.segment_frames, self.depth, seed=self.seed)
         out = {f"quality/{k}": got[k] for k in SCALARS}
         out.update({f"quality/{k}_truth": got[f"{k}_truth"] for k in SCALARS})
         pairs = list(zip(got["psnr_by_depth"], got["static_by_depth"], strict=True))

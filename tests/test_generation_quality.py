@@ -159,16 +159,16 @@ def test_callback_logs_rollout_quality_beside_the_static_copy_and_the_truth() ->
 
     items = held_out_videos(3, 4, 4, (32, 32), seed=3)
     short = held_out_videos(1, 2, 4, (32, 32), seed=4)  # 2 segments: too short for depth 3
-    dm = SimpleNamespace(val_set=[short[0], items[0]], segment_frames=4)
+    dm = SimpleNamespace(val_set=[short[0], items[0], items[1]], segment_frames=4)
     trainer = SimpleNamespace(sanity_checking=False, current_epoch=0, datamodule=dm)
-    callback = GenerationQualityCallback(depth=3)
+    callback = GenerationQualityCallback(depth=3, num_videos=1)
     logged = {}
     for name, frozen in (("oracle", False), ("frozen", True)):
         module = LoggedStub(items[0]["video"], 4, frozen)
         callback.on_validation_epoch_end(trainer, module)
         logged[name] = module.logged
     oracle, frozen = logged["oracle"], logged["frozen"]
-    assert oracle["quality/videos"] == 1  # the 2-segment video is passed over
+    assert oracle["quality/videos"] == 1  # the 2-segment one passed over, the third not needed
     assert oracle["quality/psnr/d2"] == pytest.approx(100.0)
     assert oracle["quality/margin_over_static"] > 20
     assert frozen["quality/margin_over_static"] == pytest.approx(0.0, abs=1e-6)
@@ -177,6 +177,9 @@ def test_callback_logs_rollout_quality_beside_the_static_copy_and_the_truth() ->
     assert oracle["quality/flow_share"] > 0
     assert frozen["quality/flow_share"] == 0 < frozen["quality/flow_share_truth"]
     assert set(oracle) == set(frozen) and "quality/grid_edge_first_truth" in oracle
-    dm.val_set = short
-    with pytest.warns(UserWarning, match="no held-out video has 4 segments"):
+    dm.val_set = [None, short[0]]
+    with (
+        pytest.warns(UserWarning, match=r"val_set\[0\] is None; skipped"),
+        pytest.warns(UserWarning, match="no held-out video has 4 segments"),
+    ):
         callback.on_validation_epoch_end(trainer, LoggedStub(items[0]["video"], 4))
