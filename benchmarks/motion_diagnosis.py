@@ -17,7 +17,11 @@ training video uses) is a target, with its true history and teacher-forced psi. 
    the last two true frames and moves the last frame along it (no learning: what the two 1x frames
    carry about motion);
 5. the motion in one segment against one DiT token: mean verified flow of the truth times the
-   segment's frames, over the token's size in pixels.
+   segment's frames, over the token's size in pixels;
+6. how much each frame of a sampled segment (the model's steps) changes from the one before (the
+   last true frame before the first), beside the truth's change and the t = 0 estimate's: a still
+   sample changes by nothing, an incoherent one as much as the truth without moving (its verified
+   flow, `generation_quality`'s flow share, tells the two apart from real motion).
 """
 
 from __future__ import annotations
@@ -59,6 +63,13 @@ def targets(model: Any, videos: list[dict[str, Any]]) -> dict[str, Any]:
     x = rearrange(flat, "b (s t) c h w -> b s t c h w", t=frames)[torch.arange(len(seg)), seg]
     return {"x": x, "seg": seg, "history": ctx.history, "memory": ctx.memory, "image": img,
             "text": text, "frames": frames}  # fmt: skip
+
+
+def frame_change(model: Any, last: Tensor, segment: Tensor) -> list[float]:
+    """Mean squared change [T] of each decoded frame from the one before, the first from `last`
+    [n, 1, c, h, w] (pixels in [-1, 1], halved like PSNR's), averaged over the targets."""
+    frames = model.codec.decode(torch.cat((last, segment), 1)).clamp(-1, 1) / 2
+    return (frames[:, 1:] - frames[:, :-1]).square().flatten(2).mean(2).mean(0).tolist()
 
 
 def decoded_psnr(model: Any, a: Tensor, b: Tensor) -> Tensor:
@@ -144,6 +155,9 @@ def diagnose(
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
         seg = rf.euler_sample(velocity, noise, steps, shift=model.hparams.sample_shift)
         sampled[steps] = float(decoded_psnr(model, seg, x).mean())
+        if steps == int(model.hparams.sample_steps):
+            out["frame_change"] = {"truth": frame_change(model, last[:, :1], x),
+                                   "sampled": frame_change(model, last[:, :1], seg)}  # fmt: skip
     out["sampled_psnr"] = sampled
     h, n1 = tg["history"], model.dit.history_frames
     one_x = model.dit.context.counts[0] if hasattr(model.dit, "context") else 1
@@ -157,6 +171,7 @@ def diagnose(
         "2x_4x_zeroed": float(decoded_psnr(model, at_zero(model, tg, no_old), x).mean()),
     }  # fmt: skip
     est0 = at_zero(model, tg)
+    out["frame_change"]["estimate"] = frame_change(model, last[:, :1], est0)
     out["by_frame_ahead"] = {"estimate": decoded_psnr(model, est0, x).mean(0).tolist(),
                              "copy_last": decoded_psnr(model, last, x).mean(0).tolist()}  # fmt: skip
     out["flow_extrapolation_psnr"], out["copy_last_pixel_psnr"] = flow_extrapolation(videos, frames)
@@ -202,6 +217,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"flow extrapolation {out['flow_extrapolation_psnr']:.2f} dB vs copy-last "
           f"{out['copy_last_pixel_psnr']:.2f} dB (pixels)")  # fmt: skip
     print(f"motion per segment {out['motion_per_segment_px']:.1f} px vs token {out['token_px']} px")
+    print(
+        "frame-to-frame change (MSE) by frame ahead:",
+        {k: [round(c, 4) for c in v] for k, v in out["frame_change"].items()},
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return out

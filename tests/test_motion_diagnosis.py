@@ -27,3 +27,9 @@ def test_diagnosis_of_an_untrained_model_and_the_trivial_predictors(one_thread: 
     copy = out["by_frame_ahead"]["copy_last"]
     assert copy[0] > copy[1]  # the further ahead, the more copying loses
     assert set(out["sampled_psnr"]) == {2, 4} and torch.isfinite(torch.tensor(psnr)).all()
+    # With v = 0 a sample stays the noise it started from: it changes from frame to frame far
+    # more than the truth, which moves by a pixel or so per frame.
+    change = out["frame_change"]
+    assert all(len(c) == 2 for c in change.values())
+    assert min(change["sampled"]) > 5 * max(change["truth"]) > 0
+    assert min(change["estimate"]) > 5 * max(change["truth"])
