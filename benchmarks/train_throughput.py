@@ -54,7 +54,6 @@ import torch
 from benchmarks import shipped_model
 from benchmarks.flop_count import count_flops, peak_flops
 from benchmarks.minimal_dit import MinimalDiT, flow_loss
-from lightning_modules.networks.frame_pack import PATCH_1X
 from lightning_modules.video_module import VideoModule
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -164,7 +163,7 @@ def minimal_case(model: VideoModule, case: Case, device: torch.device, dtype: to
     block = dit.blocks[0]
     width = dit.width
     mlp_ratio = block.mlp[0].out_features / width
-    in_dim = dit.latent_channels * math.prod(PATCH_1X)
+    in_dim = dit.latent_channels * math.prod(dit.patch)
     n = case.tokens_per_sample
     torch.manual_seed(0)
     net = MinimalDiT(in_dim, width, len(dit.blocks), block.attn.heads, mlp_ratio, n).to(device)

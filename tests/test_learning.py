@@ -57,8 +57,11 @@ def fit(module: L.LightningModule, steps: int) -> None:
     trainer.fit(module, loader)
 
 
-def test_stage1_overfits_one_clip() -> None:
-    module = VideoModule(**parts(), lr=3e-3, warmup_steps=1, prompt_dropout=0.0)
+@pytest.mark.parametrize("patch", [2, 1])
+def test_stage1_overfits_one_clip(patch: int) -> None:
+    torch.manual_seed(0)
+    dit = tiny_dit(width=64, qk_norm=False, patch=patch)
+    module = VideoModule(**{**parts(), "dit": dit}, lr=3e-3, warmup_steps=1, prompt_dropout=0.0)
     batch = collate_videos([clip()])
     before = clip_loss(module, batch)
     fit(module, steps=100)

@@ -167,3 +167,32 @@ def test_smooth_head_starts_as_the_linear_one_and_reads_across_token_borders() -
         assert moved["smooth"].sum() > 4  # and its neighbours across the token border
     with pytest.raises(ValueError, match="unknown head 'conv'"):
         tiny_dit(head="conv")
+
+
+def test_patch_one_gives_each_latent_pixel_its_own_token() -> None:
+    torch.manual_seed(0)
+    dit = tiny_dit(patch=1, frame_pack=(1, 2, 16))
+    # 8 x 8 latents: 64 noisy tokens a frame; context 64 (1x) + 4 x 4 (2x) + 4 groups x 2 x 2 (4x)
+    assert dit.context.num_tokens(8, 8) == 64 + 16 + 16
+    assert dit.tokens_per_segment(2, 8, 8, 16) == 16 + 64 + 96 + 2 * 64
+    for p in dit.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    x = {
+        "noisy": torch.randn(1, 2, 12, 8, 8), "t": torch.rand(1),
+        "segment_index": torch.tensor([1]), "history": torch.randn(1, 19, 12, 8, 8),
+        "image": torch.randn(1, 1, 12, 8, 8), "text": torch.randn(1, 16, 16),
+        "text_mask": torch.ones(1, 16, dtype=torch.bool),
+    }  # fmt: skip
+
+    def grab(module, inputs, out):  # noqa: ANN001, ANN202
+        out = out.clone()
+        out[:, -2 * 64 + 8 * 5 + 3] += torch.randn(out.shape[-1])  # frame 0, row 5, col 3
+        return out
+
+    with torch.no_grad():
+        handle = dit.blocks[-1].register_forward_hook(grab)
+        changed = (dit(**x) - (handle.remove() or dit(**x))).abs().amax(dim=2)[0]
+    moved = changed > 1e-6
+    assert moved.sum() == 1 and moved[0, 5, 3]  # one token, one latent pixel
+    with pytest.raises(ValueError, match="unknown patch 3"):
+        tiny_dit(patch=3)

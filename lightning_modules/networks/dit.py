@@ -27,7 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from lightning_modules.networks.attention import attend, read_memory
 from lightning_modules.networks.backbone import Backbone, ContextMode
-from lightning_modules.networks.frame_pack import PATCH_1X, FramePackContext
+from lightning_modules.networks.frame_pack import FramePackContext
 from lightning_modules.networks.gelu import GELUTanh
 from lightning_modules.networks.patch_embed import patch_embed
 from lightning_modules.networks.rope import (
@@ -195,6 +195,8 @@ class VideoDiT(Backbone):
         grad_checkpointing: recompute block activations in backward to save memory.
         head: `linear` (DiT's per-token output) or `smooth` (plus a residual 3x3 convolution
             across token borders, `OutputHead`).
+        patch: latents per token side at 1x (FramePack: 2; its 2x and 4x kernels scale with it).
+            1 gives 4x the tokens, each covering less than an object's motion in a segment.
     """
 
     def __init__(
@@ -212,10 +214,13 @@ class VideoDiT(Backbone):
         qk_norm: bool = True,
         grad_checkpointing: bool = False,
         head: Literal["linear", "smooth"] = "linear",
+        patch: Literal[1, 2] = 2,
     ) -> None:
         super().__init__()
         if head not in ("linear", "smooth"):
             raise ValueError(f"unknown head {head!r}; expected 'linear' or 'smooth'")
+        if patch not in (1, 2):
+            raise ValueError(f"unknown patch {patch!r}; expected 1 or 2 latents per token side")
         if context not in ("framepack", "full_history"):
             raise ValueError(f"unknown context {context!r}; expected 'framepack' or 'full_history'")
         self.latent_channels = latent_channels
@@ -223,9 +228,9 @@ class VideoDiT(Backbone):
         self.context_mode = ContextMode(context)
         self.rope_layout = rope_layout
         self.grad_checkpointing = grad_checkpointing
-        self.patch = PATCH_1X
-        self.x_embed = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
-        self.context = FramePackContext(latent_channels, width, frame_pack)
+        self.patch = (1, patch, patch)
+        self.x_embed = nn.Conv3d(latent_channels, width, self.patch, stride=self.patch)
+        self.context = FramePackContext(latent_channels, width, frame_pack, patch)
         self.text_proj = nn.Linear(text_dim, width)
         self.t_embed = TimestepEmbedder(width)
         self.text_pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width))
@@ -234,7 +239,7 @@ class VideoDiT(Backbone):
             DiTBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth)
         )
         smooth = latent_channels if head == "smooth" else 0
-        self.head = OutputHead(width, latent_channels * math.prod(PATCH_1X), smooth)
+        self.head = OutputHead(width, latent_channels * math.prod(self.patch), smooth)
 
     @property
     def text_dim(self) -> int:
@@ -292,7 +297,8 @@ class VideoDiT(Backbone):
             "b f h w d -> b (f h w) d",
         )
         x_pos = rearrange(
-            grid_positions(noisy_t, h // 2, w // 2), "b three f h w -> b (f h w) three"
+            grid_positions(noisy_t, h // self.patch[1], w // self.patch[2]),
+            "b three f h w -> b (f h w) three",
         )
         x_rot = self.rope(x_pos)
 
@@ -323,7 +329,7 @@ class VideoDiT(Backbone):
                 tokens = block(tokens, c, rotation, n_psi, memory_out)
 
         out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
-        kt, kh, kw = PATCH_1X
+        kt, kh, kw = self.patch
         out = rearrange(
             out,
             "b (f h w) (c pt ph pw) -> b (f pt) c (h ph) (w pw)",
@@ -335,9 +341,9 @@ class VideoDiT(Backbone):
 
     def tokens_per_segment(self, frames: int, h: int, w: int, text_tokens: int) -> int:
         """Sequence length seen per segment (without memory tokens): constant in video length
-        for `framepack`; `full_history` adds (h/2)(w/2) tokens per history frame instead."""
+        for `framepack`; `full_history` adds (h/p)(w/p) tokens per history frame instead."""
         if self.context_mode == ContextMode.FULL_HISTORY:
             raise ValueError("full_history has no fixed token budget per segment")
-        noisy = frames * (h // 2) * (w // 2)
-        image = (h // 2) * (w // 2)
+        image = (h // self.patch[1]) * (w // self.patch[2])
+        noisy = frames * image
         return text_tokens + image + self.context.num_tokens(h, w) + noisy

@@ -19,6 +19,14 @@ PATCH_2X = (2, 4, 4)
 PATCH_4X = (4, 8, 8)
 
 
+def pack_kernels(patch: int = 2) -> dict[int, tuple[int, int, int]]:
+    """The (t, h, w) kernels at 1x, 2x and 4x for a 1x patch of `patch` x `patch` latents
+    (FramePack's 1x2x2 / 2x4x4 / 4x8x8 at patch 2)."""
+    if patch < 1:
+        raise ValueError(f"patch must be >= 1 latent, got {patch}")
+    return {1: (1, patch, patch), 2: (2, 2 * patch, 2 * patch), 4: (4, 4 * patch, 4 * patch)}
+
+
 def gather_history(latents: Tensor, start: Tensor, frames: int) -> Tensor:
     """The `frames` latent frames before index `start` [b], oldest first, zero-padded in front.
 
@@ -45,21 +53,28 @@ class FramePackContext(nn.Module):
     """Packs history latents [b, K, c, h, w] into a fixed number of context tokens."""
 
     def __init__(
-        self, latent_channels: int, width: int, counts: tuple[int, int, int] = (1, 2, 16)
+        self,
+        latent_channels: int,
+        width: int,
+        counts: tuple[int, int, int] = (1, 2, 16),
+        patch: int = 2,
     ) -> None:
         super().__init__()
         self.counts = check_frame_pack(counts)
-        self.proj_1x = nn.Conv3d(latent_channels, width, PATCH_1X, stride=PATCH_1X)
-        self.proj_2x = nn.Conv3d(latent_channels, width, PATCH_2X, stride=PATCH_2X)
-        self.proj_4x = nn.Conv3d(latent_channels, width, PATCH_4X, stride=PATCH_4X)
+        self.patch = patch
+        self.kernels = pack_kernels(patch)
+        k1, k2, k4 = self.kernels[1], self.kernels[2], self.kernels[4]
+        self.proj_1x = nn.Conv3d(latent_channels, width, k1, stride=k1)
+        self.proj_2x = nn.Conv3d(latent_channels, width, k2, stride=k2)
+        self.proj_4x = nn.Conv3d(latent_channels, width, k4, stride=k4)
         self.reset_compressed_from_1x()
 
     @torch.no_grad()
     def reset_compressed_from_1x(self) -> None:
         """FramePack's init: 2x/4x kernels are the 1x kernel tiled and divided by 8 and 64, so at
         init a compressed token is the average of the 1x tokens it covers."""
-        for proj, kernel in ((self.proj_2x, PATCH_2X), (self.proj_4x, PATCH_4X)):
-            reps = [k // p for k, p in zip(kernel, PATCH_1X, strict=True)]
+        for proj, kernel in ((self.proj_2x, self.kernels[2]), (self.proj_4x, self.kernels[4])):
+            reps = [k // p for k, p in zip(kernel, self.kernels[1], strict=True)]
             tiled = self.proj_1x.weight.repeat(1, 1, *reps)
             proj.weight.copy_(tiled / (reps[0] * reps[1] * reps[2]))
             proj.bias.copy_(self.proj_1x.bias)
@@ -71,7 +86,7 @@ class FramePackContext(nn.Module):
     def num_tokens(self, h: int, w: int) -> int:
         """Context tokens for a latent grid h x w (same for every segment: the F1 budget)."""
         total = 0
-        for n, (kt, kh, kw) in zip(self.counts, (PATCH_1X, PATCH_2X, PATCH_4X), strict=True):
+        for n, (kt, kh, kw) in zip(self.counts, self.kernels.values(), strict=True):
             total += (n // kt) * -(-h // kh) * -(-w // kw)
         return total
 
@@ -82,26 +97,22 @@ class FramePackContext(nn.Module):
         compressed token's table is the mean of the (cos, sin) tables of the 1x positions it
         covers, replicate-padded like the latents (the table is pooled exactly like the content).
         """
-        proj, kernel = {
-            1: (self.proj_1x, PATCH_1X),
-            2: (self.proj_2x, PATCH_2X),
-            4: (self.proj_4x, PATCH_4X),
-        }[scale]
+        proj = {1: self.proj_1x, 2: self.proj_2x, 4: self.proj_4x}[scale]
+        p, (kt, kh, kw) = self.patch, self.kernels[scale]
         b, f, _, h, w = x.shape
-        if h % 2 or w % 2:
-            raise ValueError(f"latent grid must be even for 1x2x2 patches, got {h}x{w}")
-        kt, kh, kw = kernel
+        if h % p or w % p:
+            raise ValueError(f"latent grid {h}x{w} must be a multiple of the 1x patch {p}")
         pad_h, pad_w = -h % kh, -w % kw
         x = rearrange(x, "b f c h w -> b c f h w")
-        pos = grid_positions(t_index, h // 2, w // 2)  # [b, 3, f, h/2, w/2] in 1x-patch units
+        pos = grid_positions(t_index, h // p, w // p)  # [b, 3, f, h/p, w/p] in 1x-patch units
         table = rope(rearrange(pos, "b three f h w -> b f h w three"))
         table = rearrange(table, "b f h w d two -> b (d two) f h w")
         if pad_h or pad_w:  # FramePack replicate-pads history to multiples of the kernel
             x = F.pad(x, (0, pad_w, 0, pad_h, 0, 0), mode="replicate")
-            table = F.pad(table, (0, pad_w // 2, 0, pad_h // 2, 0, 0), mode="replicate")
+            table = F.pad(table, (0, pad_w // p, 0, pad_h // p, 0, 0), mode="replicate")
         tokens = rearrange(patch_embed(proj, x), "b f h w d -> b (f h w) d")
         if scale > 1:
-            table = F.avg_pool3d(table, (kt, kh // 2, kw // 2))
+            table = F.avg_pool3d(table, (kt, kh // p, kw // p))
         return tokens, rearrange(table, "b (d two) f h w -> b (f h w) d two", two=2)
 
     def forward(self, history: Tensor, t_index: Tensor, rope: Rope3D) -> tuple[Tensor, Tensor]:
