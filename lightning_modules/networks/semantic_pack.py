@@ -346,6 +346,13 @@ class SemanticPack(nn.Module):
         Only the cheap Squeeze over m tokens runs step by step.
         """
         b, steps = target.shape[0], int(target.max())
+        trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if steps == 0 and trains and segments.shape[1]:
+            # Every target is a first segment: nothing to remember, yet every parameter must
+            # take part in the step. Data-parallel ranks reduce the same gradients, and a rank
+            # whose batch skipped memory would leave the others waiting (DDP and FSDP2 hang).
+            idle = self.squeeze_step(psi0[:1], self.memorize(segments[:1, 0]), 0)
+            return psi0 + 0 * idle.sum()
         n = torch.arange(steps, device=target.device)
         live = n[None] < target[:, None]  # [b, s]: steps each video's recurrence runs
         reach = steps if self.memory_bptt is None else self.memory_bptt
