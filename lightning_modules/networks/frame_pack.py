@@ -14,10 +14,6 @@ from torch import Tensor, nn
 from lightning_modules.networks.patch_embed import patch_embed
 from lightning_modules.networks.rope import Rope3D, grid_positions
 
-PATCH_1X = (1, 2, 2)
-PATCH_2X = (2, 4, 4)
-PATCH_4X = (4, 8, 8)
-
 
 def pack_kernels(patch: int = 2) -> dict[int, tuple[int, int, int]]:
     """The (t, h, w) kernels at 1x, 2x and 4x for a 1x patch of `patch` x `patch` latents
@@ -25,6 +21,9 @@ def pack_kernels(patch: int = 2) -> dict[int, tuple[int, int, int]]:
     if patch < 1:
         raise ValueError(f"patch must be >= 1 latent, got {patch}")
     return {1: (1, patch, patch), 2: (2, 2 * patch, 2 * patch), 4: (4, 4 * patch, 4 * patch)}
+
+
+PATCH_1X, PATCH_2X, PATCH_4X = pack_kernels(2).values()  # FramePack's own
 
 
 def gather_history(latents: Tensor, start: Tensor, frames: int) -> Tensor:

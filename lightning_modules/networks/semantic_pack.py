@@ -327,6 +327,10 @@ class SemanticPack(nn.Module):
             candidate = self.squeeze(psi, visual)
         return candidate if self.update == "squeeze" else self.write_gate(psi, candidate)
 
+    def _trains(self) -> bool:
+        """Whether this call builds a graph that reaches trainable SemanticPack weights."""
+        return torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+
     def _maybe_checkpointed(self, fn: Callable[..., Tensor], *args: object) -> Tensor:
         """fn(*args), recomputed in backward under `memory_checkpoint`."""
         if self.memory_checkpoint and torch.is_grad_enabled():
@@ -346,8 +350,7 @@ class SemanticPack(nn.Module):
         Only the cheap Squeeze over m tokens runs step by step.
         """
         b, steps = target.shape[0], int(target.max())
-        trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if steps == 0 and trains and segments.shape[1]:
+        if steps == 0 and segments.shape[1] and self._trains():
             # Every target is a first segment: nothing to remember, yet every parameter must
             # take part in the step. Data-parallel ranks reduce the same gradients, and a rank
             # whose batch skipped memory would leave the others waiting (DDP and FSDP2 hang).
