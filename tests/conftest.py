@@ -1,10 +1,21 @@
 """Shared fixtures."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pyproject runs the suite on 2 pytest-xdist workers, one per core of the 2-core box it is
+    sized for: a worker's second intra-op thread would only contend with the other worker."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import cv2
+
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
 
 
 @pytest.fixture(scope="module")
