@@ -273,6 +273,11 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
     assert build("zero_memorypack.yaml").semantic_pack.psi_init == "zero"
     assert build("structure_b.yaml").semantic_pack.structure == "B"
     assert build("structure_c.yaml").semantic_pack.structure == "C"
+    memory = build("memory_recipe.yaml")  # issue 19's recipe: every piece switched on
+    pack = memory.semantic_pack
+    assert pack.update == "gated" and pack.memory_bptt is None and pack.memory_checkpoint
+    assert memory.hparams.memory_focus == 1.0 and memory.hparams.memory_lr_scale == 10.0
+    assert all(float(g.min()) == 1.0 for g in memory.memory_gates())
 
 
 def test_mismatched_width_raises_clear_error() -> None:
