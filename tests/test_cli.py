@@ -207,6 +207,40 @@ def test_generation_quality_benchmark_reads_a_trained_checkpoint(
     assert rollout["rollout_videos"] == 2 and math.isfinite(rollout["grid_edge_truth"])
 
 
+def test_drift_benchmark_compares_each_checkpoint_on_the_same_rollouts(
+    trained: tuple[Path, object], tmp_path: Path
+) -> None:
+    """Two runs of the same checkpoint differ by exactly zero at every depth (same videos, same
+    noise); a checkpoint with another output head is read as itself, not as the first run's;
+    depths past the training length (tiny: 3 segments) are apart."""
+    from benchmarks.drift_by_history import main as drift
+
+    _, cli = trained
+    ckpt = cli.trainer.checkpoint_callback.last_model_path
+    other = torch.load(ckpt, weights_only=False)
+    torch.manual_seed(0)  # the tiny run's head is still near its zero init: give it a real one
+    for key in ("dit.head.linear.weight", "dit.head.linear.bias"):
+        other["state_dict"][key] = 0.3 * torch.randn_like(other["state_dict"][key])
+    torch.save(other, tmp_path / "other_head.ckpt")
+    out = drift(
+        ["--run", f"a={ckpt}", "--run", f"b={ckpt},{ckpt}", "--run", f"z={tmp_path / 'other_head.ckpt'}",
+         "--videos", "2", "--depth", "3", "--json", str(tmp_path / "d.json")]
+    )  # fmt: skip
+    assert json.loads((tmp_path / "d.json").read_text()) == json.loads(json.dumps(out))
+    summary = out["summary"]
+    assert summary["inside_depths"] == [2] and summary["beyond_depths"] == [3]  # 1 + 3 > 3
+    same = summary["by_run"]["b"]["vs_a"]
+    assert [mean for mean, _ in same] == [0.0, 0.0, 0.0] and len(out["runs"]["b"]) == 2
+    changed = out["runs"]["z"][0]["margin"]
+    assert all(
+        abs(m - n) > 1e-3 for m, n in zip(changed, out["runs"]["a"][0]["margin"], strict=True)
+    )
+    for seed in out["runs"]["a"]:  # margins are the rollout's PSNR over the static copy's
+        margin = [p - s for p, s in zip(seed["psnr"], seed["static"], strict=True)]
+        assert seed["margin"] == pytest.approx(margin)
+        assert all(math.isfinite(x) for x in seed["true"] + seed["edge"])
+
+
 def test_fit_resumes_the_latest_run_with_ckpt_path_last(
     trained: tuple[Path, object], caplog: pytest.LogCaptureFixture
 ) -> None:
