@@ -4,7 +4,8 @@ up over long rollouts (paper Sec. 3.2), beside teacher-forced and student histor
     python -m benchmarks.drift_by_history \
         --run teacher=runs/t0/last.ckpt,runs/t1/last.ckpt,runs/t2/last.ckpt \
         --run direct=runs/d0/last.ckpt,runs/d1/last.ckpt,runs/d2/last.ckpt \
-        [--run student=...] [--videos 16] [--depth 16] [--seed 0] [--json out.json]
+        [--run student=...] [--videos 16] [--depth 16] [--seed 0] [--json out.json] \
+        [--plot margin.png]
 
 A run is a label and its checkpoints, one per seed (the stage-1 checkpoint itself is a valid run:
 the model before stage 2). Every checkpoint rolls out the same `--videos` held-out videos from
@@ -18,7 +19,8 @@ and verified-flow share as ratios to the truth's. A depth whose video (1 + depth
 longer than the longest training video of the checkpoint's data is extrapolation, marked with
 a dagger, and averaged apart (`summary`). The last table is each run's margin minus the first
 run's, paired by seed index (runs started from the same stage-1 checkpoint with the same seed),
-with the std of the paired differences: the figure the issue's target reads.
+with the std of the paired differences: the figure the issue's target reads. `--plot` draws the
+margin by depth, one line per run with its seed spread, the training length marked.
 """
 
 from __future__ import annotations
@@ -158,6 +160,33 @@ def print_tables(out: dict[str, Any], summary: dict[str, Any]) -> None:
             print(f"mean margin over depths {depths[0]}-{depths[-1]} ({name}): {cells}")
 
 
+def plot(out: dict[str, Any], path: Path) -> None:
+    """Rollout margin over the static copy by depth, one line per run (band: std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    depths = list(range(1, out["depth"] + 1))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, row in out["summary"]["by_run"].items():
+        mean = [m for m, _ in row["margin"]]
+        std = [s for _, s in row["margin"]]
+        ax.plot(depths, mean, marker="o", ms=3, label=label)
+        ax.fill_between(depths, [m - s for m, s in zip(mean, std, strict=True)],
+                        [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
+    longest = out["longest_training_segments"]
+    ax.axvline(longest - 0.5, color="grey", ls="--", lw=1)  # depth d sits in segment 1 + d
+    ax.text(longest - 0.4, ax.get_ylim()[0], " longer than training", color="grey", va="bottom")
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set(xlabel="rollout depth (segments generated)", ylabel="PSNR over static copy (dB)",
+           title=f"drift by history, {out['videos']} held-out videos")  # fmt: skip
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=parse_run, action="append", required=True,
@@ -168,6 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0, help="noise and held-out video seed")
     parser.add_argument("--data_dir", default=None, help="default: the first checkpoint's")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument("--plot", type=Path, default=None, help="draw the margin by depth here")
     args = parser.parse_args(argv)
     labels = [label for label, _ in args.run]
     if len(set(labels)) != len(labels):
@@ -177,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print_tables(out, out["summary"])
     if args.json:
         args.json.write_text(json.dumps(out, indent=2) + "\n")
+    if args.plot:
+        plot(out, args.plot)
     return out
 
 

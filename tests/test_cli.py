@@ -224,9 +224,11 @@ def test_drift_benchmark_compares_each_checkpoint_on_the_same_rollouts(
     torch.save(other, tmp_path / "other_head.ckpt")
     out = drift(
         ["--run", f"a={ckpt}", "--run", f"b={ckpt},{ckpt}", "--run", f"z={tmp_path / 'other_head.ckpt'}",
-         "--videos", "2", "--depth", "3", "--json", str(tmp_path / "d.json")]
+         "--videos", "2", "--depth", "3", "--json", str(tmp_path / "d.json"),
+         "--plot", str(tmp_path / "d.png")]
     )  # fmt: skip
     assert json.loads((tmp_path / "d.json").read_text()) == json.loads(json.dumps(out))
+    assert Image.open(tmp_path / "d.png").size[0] > 0
     summary = out["summary"]
     assert summary["inside_depths"] == [2] and summary["beyond_depths"] == [3]  # 1 + 3 > 3
     same = summary["by_run"]["b"]["vs_a"]
