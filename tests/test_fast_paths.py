@@ -87,6 +87,32 @@ def test_last_block_skips_only_the_unread_psi_update() -> None:
     assert torch.equal(last, full[:, :10])
 
 
+def test_last_block_updates_only_the_rows_the_head_reads() -> None:
+    """`keep`: the last block queries only the noisy tokens (the sequence's tail before psi);
+    their outputs and gradients are the full block's, with and without memory."""
+    torch.manual_seed(0)
+    module = tiny_module(tiny_pack())
+    perturb(module, scale=0.2)
+    block = module.dit.blocks[-1]
+    x = torch.randn(2, 10 + 4, 32, requires_grad=True)  # 10 tokens, then psi's 4
+    c = torch.randn(2, 32)
+    rotation = torch.cat(
+        (module.dit.rope(torch.randn(2, 10, 3) * 3), module.dit.rope(torch.zeros(2, 4, 3))), 1
+    )
+    for memory, rows in ((4, x), (0, x[:, :10])):
+        full = block(rows, c, rotation[:, : rows.shape[1]], memory=memory)[:, 4:10]
+        kept = block(rows, c, rotation[:, : rows.shape[1]], memory, memory_out=False, keep=6)
+        assert kept.shape == (2, 6, 32)
+        torch.testing.assert_close(kept, full, rtol=1e-6, atol=1e-6)
+        weight = torch.randn_like(full)  # a loss on the kept rows reaches every input row
+        grads = torch.autograd.grad((kept * weight).sum(), x)[0]
+        wanted = torch.autograd.grad((full * weight).sum(), x)[0]
+        assert grads[:, :4].abs().sum() > 0  # context rows feed the kept rows' keys and values
+        torch.testing.assert_close(grads, wanted, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="only for the last block"):
+        block(x, c, rotation, memory=4, keep=6)
+
+
 def two_stream_block(
     block: DiTBlock, x: torch.Tensor, c: torch.Tensor, rotation: torch.Tensor, psi: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

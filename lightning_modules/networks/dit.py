@@ -103,21 +103,33 @@ class Attention(nn.Module):
         return self.q_norm(q), self.k_norm(k), v
 
     def forward(
-        self, x: Tensor, rotation: Tensor, memory: int = 0, memory_out: bool = True
+        self,
+        x: Tensor,
+        rotation: Tensor,
+        memory: int = 0,
+        memory_out: bool = True,
+        keep: int | None = None,
     ) -> Tensor:
         """x [b, n + memory, d]: n tokens, then `memory` psi tokens (their rotation rows are the
         identity). Returns [b, n + memory, d], or [b, n, d] when `memory_out` is False (the last
-        block: nothing reads psi after it, but the tokens still read psi)."""
+        block: nothing reads psi after it, but the tokens still read psi). `keep` (the last
+        block) queries only the last `keep` of the n tokens, the rows the head reads; keys and
+        values still come from all of them. Returns [b, keep, d] then."""
+        if keep is not None and memory and memory_out:
+            raise ValueError(
+                "keep drops rows nothing reads: only for the last block (memory_out=False)"
+            )
         q, k, v = self.heads_of(x)
         q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         n = x.shape[1] - memory
-        out = attend(q[:, :, :n], k[:, :, :n], v[:, :, :n])
+        q_tok = q[:, :, n - (n if keep is None else keep) : n]
+        out = attend(q_tok, k[:, :, :n], v[:, :, :n])
         merge = "b h n d -> b n (h d)"
         if not memory:
             return self.proj(rearrange(out, merge))
         if self.memory_gate is None:
             raise ValueError("memory tokens were given but this DiT has no memory gates")
-        q_tok, k_psi, v_psi = q[:, :, :n], k[:, :, n:], v[:, :, n:]
+        k_psi, v_psi = k[:, :, n:], v[:, :, n:]
         out = rearrange(read_memory(out, q_tok, k_psi, v_psi, self.memory_gate), merge)
         if memory_out:  # psi's own queries attend to the whole joint sequence
             out = torch.cat((out, rearrange(attend(q[:, :, n:], k, v), merge)), dim=1)
@@ -139,16 +151,26 @@ class DiTBlock(nn.Module):
         nn.init.zeros_(self.modulation[1].bias)
 
     def forward(
-        self, x: Tensor, c: Tensor, rotation: Tensor, memory: int = 0, memory_out: bool = True
+        self,
+        x: Tensor,
+        c: Tensor,
+        rotation: Tensor,
+        memory: int = 0,
+        memory_out: bool = True,
+        keep: int | None = None,
     ) -> Tensor:
         """x [b, n + memory, d]: the tokens, then SemanticPack's `memory` psi tokens, which run
         through the same weights as their own stream (per-token ops see them as extra rows; in
         attention they are read only through the gated read-in, see `Attention`). Returns the
-        updated sequence, without psi when `memory_out` is False (the last block)."""
+        updated sequence, without psi when `memory_out` is False, and only its last `keep` token
+        rows when `keep` is given (the last block: the rows the head reads)."""
         shift1, scale1, gate1, shift2, scale2, gate2 = self.modulation(c).chunk(6, dim=-1)
-        attn = self.attn(modulate(self.norm1(x), shift1, scale1), rotation, memory, memory_out)
+        h = modulate(self.norm1(x), shift1, scale1)
+        attn = self.attn(h, rotation, memory, memory_out, keep)
         if memory and not memory_out:
             x = x[:, :-memory]
+        if keep is not None:
+            x = x[:, x.shape[1] - keep :]
         x = gated(x, gate1, attn)
         return gated(x, gate2, self.mlp(modulate(self.norm2(x), shift2, scale2)))
 
@@ -319,16 +341,17 @@ class VideoDiT(Backbone):
         pooled = (txt_tok * mask).sum(1) / mask.sum(1).clamp(min=1)
         c = self.t_embed(t) + self.text_pool(pooled)
 
+        # The head reads only the noisy tokens: the last block updates only them (and not psi);
+        # its keys and values still come from every token.
         for i, block in enumerate(self.blocks):
-            memory_out = i < len(self.blocks) - 1  # nothing reads psi after the last block
+            last = i == len(self.blocks) - 1
+            args = (tokens, c, rotation, n_psi, not last, x_tok.shape[1] if last else None)
             if self.grad_checkpointing and self.training:
-                tokens = checkpoint(
-                    block, tokens, c, rotation, n_psi, memory_out, use_reentrant=False
-                )
+                tokens = checkpoint(block, *args, use_reentrant=False)
             else:
-                tokens = block(tokens, c, rotation, n_psi, memory_out)
+                tokens = block(*args)
 
-        out = self.head(tokens[:, -x_tok.shape[1] :], c)  # the head reads only the noisy tokens
+        out = self.head(tokens, c)
         kt, kh, kw = self.patch
         out = rearrange(
             out,
