@@ -64,6 +64,7 @@ class SegmentLoss:
     window: int  # segments in its accumulation window: the backward divides the loss by it
     last: bool  # the window's last segment: the optimizer steps after its backward
     videos: int  # videos that have segment i (a ragged batch's shorter videos are done)
+    history_mse: Tensor  # the stored history against the true segment (0 for teacher history)
 
 
 class DirectForcingModule(VideoModule):
@@ -249,10 +250,12 @@ class DirectForcingModule(VideoModule):
                 vel = self.pipeline.velocity_fn(seg, context, image[rows], sub_text)
                 new = self.history_segment(x, x_t, t, v, vel)
                 pack.remember(new, i, rows)  # finished videos get zeros (padding)
+                error = (new.float() - x.float()).square().mean()  # how far from the truth
             self.store_history(i, new)
             start = i - i % window
             in_window = min(window, longest - start)
-            yield SegmentLoss(i, loss, in_window, i == start + in_window - 1, x.shape[0])
+            last = i == start + in_window - 1
+            yield SegmentLoss(i, loss, in_window, last, x.shape[0], error)
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
         """All segments of the batch's videos, oldest first; steps every accumulation window."""
@@ -260,7 +263,7 @@ class DirectForcingModule(VideoModule):
             return None
         opt = self.optimizers()
         sched = self.lr_schedulers()
-        losses = []
+        losses, errors = [], []
         for segment in self.video_segments(batch):
             with self._sync_gradients(segment.last):
                 self.manual_backward(segment.loss / segment.window)
@@ -271,11 +274,15 @@ class DirectForcingModule(VideoModule):
                 opt.zero_grad(set_to_none=True)
                 sched.step()
             losses.append(segment.loss.detach())
+            errors.append(segment.history_mse)
             self.log(f"train/loss_seg_{segment.index}", losses[-1], batch_size=segment.videos)
         b, longest = len(batch["caption"]), len(losses)
         mean = torch.stack(losses).mean()
         self.log("train/loss", mean, prog_bar=True, batch_size=b)
         self.log("train/segments", float(longest), batch_size=b)
+        # The exposure the history mode trains on: its stored segments against the truth (latent
+        # MSE, 0 under teacher history).
+        self.log("train/history_mse", torch.stack(errors).mean(), batch_size=b)
         self.log("train/trainable_param_norm", self.trainable_norm(), batch_size=b)
         if getattr(getattr(self.trainer, "datamodule", None), "curriculum", None) is not None:
             # What the curriculum drew: the longest video of the global batch (not the schedule's

@@ -72,8 +72,12 @@ def test_frozen_modules_stay_in_eval_mode_during_training(stage1_ckpt: Path) -> 
 def test_stored_history_is_the_one_step_estimate_or_the_truth(stage1_ckpt: Path, mode: str) -> None:
     module = tiny_stage2(stage1_ckpt, history=mode)
     calls = record_segments(module)
-    fit_items(module, [3], max_steps=1)
+    trainer = fit_items(module, [3], max_steps=1)
     assert len(calls) == 3
+    mse = [(c["stored"] - c["x"]).square().mean() for c in calls]  # what the step logs
+    logged = trainer.callback_metrics["train/history_mse"]
+    torch.testing.assert_close(logged, torch.stack(mse).mean())
+    assert (logged > 0) == (mode == "direct")
     frames = calls[0]["x"].shape[1]
     for i, call in enumerate(calls):
         estimate = rf.one_step_estimate(call["x_t"], call["v"].detach(), call["t"])
