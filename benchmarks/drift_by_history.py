@@ -177,7 +177,7 @@ def plot(out: dict[str, Any], path: Path) -> None:
                         [m + s for m, s in zip(mean, std, strict=True)], alpha=0.2)  # fmt: skip
     longest = out["longest_training_segments"]
     ax.axvline(longest - 0.5, color="grey", ls="--", lw=1)  # depth d sits in segment 1 + d
-    ax.text(longest - 0.4, ax.get_ylim()[0], " longer than training", color="grey", va="bottom")
+    ax.text(longest - 0.4, ax.get_ylim()[1], " longer than training", color="grey", va="top")
     ax.axhline(0, color="black", lw=0.8)
     ax.set(xlabel="rollout depth (segments generated)", ylabel="PSNR over static copy (dB)",
            title=f"drift by history, {out['videos']} held-out videos")  # fmt: skip
