@@ -70,10 +70,11 @@ def stage1_attention_by_hand() -> int:
         return 4 * heads * n_q * n_k * d * (3 if backward else 1)
 
     # DiT tokens: 16 text, 16 image (8 x 8 latent, 2 x 2 patches), FramePack-F1 context 16 (1x)
-    # + 4 (2x) + 4 (4x), 64 noisy (4 latent frames): joint attention and psi read; psi's own
-    # stream is not updated by the last (here the only) block: the head never reads it.
+    # + 4 (2x) + 4 (4x), 64 noisy (4 latent frames). The last (here the only) block updates only
+    # what the head reads: the 64 noisy tokens query all n keys and psi's m; psi's own stream
+    # and the other tokens' queries are skipped.
     n = 16 + 16 + 24 + 64
-    dit = call(n, n) + call(n, m)
+    dit = call(64, n) + call(64, m)
     # SemanticPack: psi_0 pools the 16 text + 16 image tokens; Memorize attends within windows of
     # 2 latent frames (2 x 16 tokens, 2 windows per segment) and pools them to m tokens, without
     # gradient on segment 0 (outside memory_bptt = 1), with it on segment 1; Squeeze likewise.

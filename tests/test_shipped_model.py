@@ -59,4 +59,6 @@ def test_throughput_benchmark_alternates_project_and_minimal_dit(tmp_path) -> No
     for key in ("ratio", "paired_ratio", "peak_gflop_per_s"):
         assert r[key] > 0 and r["cpu_time"][key] > 0
     assert 0 < r["project"]["mfu"] and 0 < r["minimal"]["mfu"] and len(r["loadavg_before"]) == 3
-    assert r["flop_ratio"] > 1  # SemanticPack and psi's stream: more FLOPs than the yardstick
+    # SemanticPack and psi's stream add FLOPs, the last block's skipped rows remove some (about
+    # even at this size; tests/test_flop_count.py counts them exactly).
+    assert 0.8 < r["flop_ratio"] < 1.2
