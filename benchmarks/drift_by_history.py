@@ -134,20 +134,16 @@ def print_tables(out: dict[str, Any], summary: dict[str, Any]) -> None:
     print(f"drift by depth: {out['videos']} held-out videos from 1 true segment, seeds per run "
           + ", ".join(f"{k} {len(v)}" for k, v in out["runs"].items())
           + f"; {DAGGER} = longer than the longest training video ({longest} segments)")  # fmt: skip
-    print("\nPSNR margin over the static copy (rollout | the same model from the true history), dB")
-    print(f"{'depth':<7}" + "".join(f"{k:>29}" for k in runs))
-    for d in range(depth):
-        cells = "".join(
-            f"{fmt(r['margin'][d]):>15} |{fmt(r['true'][d]):>12}" for r in runs.values()
-        )
-        print(f"{mark(d):<7}{cells}")
-    print("\ntoken-grid edge energy / truth's, verified-flow share / truth's (rollout)")
-    print(f"{'depth':<7}" + "".join(f"{k:>29}" for k in runs))
-    for d in range(depth):
-        cells = "".join(
-            f"{r['edge'][d][0]:>15.2f} |{r['flow'][d][0]:>12.3f}" for r in runs.values()
-        )
-        print(f"{mark(d):<7}{cells}")
+    tables = (
+        ("PSNR margin over the static copy (rollout | the same model from the true history), dB",
+         lambda r, d: f"{fmt(r['margin'][d]):>15} |{fmt(r['true'][d]):>12}"),
+        ("token-grid edge energy / truth's, verified-flow share / truth's (rollout)",
+         lambda r, d: f"{r['edge'][d][0]:>15.2f} |{r['flow'][d][0]:>12.3f}"),
+    )  # fmt: skip
+    for title, cell in tables:
+        print(f"\n{title}\n{'depth':<7}" + "".join(f"{k:>29}" for k in runs))
+        for d in range(depth):
+            print(f"{mark(d):<7}" + "".join(cell(r, d) for r in runs.values()))
     print(f"\nmargin minus {base}'s, paired by seed (mean +- std of the differences), dB")
     print(f"{'depth':<7}" + "".join(f"{k:>16}" for k in runs if k != base))
     for d in range(depth):
