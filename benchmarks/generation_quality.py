@@ -74,7 +74,7 @@ def long_held_out(dm: VideoDataModule, count: int, segments: int, seed: int) -> 
     """`count` held-out videos of `segments` segments: rendered for synthetic data, else the val
     videos that long (warned when fewer)."""
     if dm.source == "synthetic":
-        return held_out_videos(count, segments, dm.segment_frames, dm.resolution, seed)
+        return held_out_videos(count, segments, dm.segment_frames, dm.resolution, seed, dm.fps)
     found = []
     for i in range(len(dm.val_set)):
         item = dm.val_set[i]

@@ -62,7 +62,10 @@ def test_landmark_shows_only_in_the_prefix_and_the_return() -> None:
 
 def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
     probe = probe_set(1, (32, 32), T, seed=3)[0]
-    assert score_colour(probe.frames, probe) == (1.0, 0.0)
+    truth = score_colour(probe.frames, probe)
+    assert truth[0] == 1.0 and 0 < truth[1] < 0.05  # stored as mp4: its chroma moves a little
+    raw = render_probe_video(5, (32, 32), T)
+    assert score_colour(raw.frames, raw) == (1.0, 0.0)  # the render itself is exact
     wrong = next(c for c in LANDMARK_COLOURS if c != probe.colour)
     painted = probe.frames.clone()
     mask = probe.visible[:, None].expand_as(painted)
@@ -73,7 +76,7 @@ def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
     assert correct == 0.0 and error > 0.2
     unscored = probe.frames.clone()
     unscored[: probe.return_start] = 0  # only the return frames count
-    assert score_colour(unscored, probe) == (1.0, 0.0)
+    assert score_colour(unscored, probe) == truth
 
 
 def test_shut_memory_cannot_know_the_landmark_and_open_memory_can() -> None:
@@ -115,7 +118,8 @@ def test_memory_probe_reports_chance_oracle_and_gates_shut() -> None:
     scores = memory_probe(probe_module(memory=True), probes, batch_size=2)
     assert scores["videos"] == 3.0 and scores["chance"] == 1 / 8
     assert scores["oracle"] == 1.0 and scores["oracle_codec"] == 1.0  # lossless codec
-    assert scores["colour_error_oracle"] == 0.0 and scores["colour_error_chance"] > 0.3
+    # The oracle is the stored (mp4) truth: right every time, its colour a little off.
+    assert scores["colour_error_oracle"] < 0.05 and scores["colour_error_chance"] > 0.3
     assert 0.0 <= scores["memory"] <= 1.0 and 0.0 <= scores["memory_gates_shut"] <= 1.0
     rows = probe_video_scores(probe_module(memory=False), probes[:1])
     assert rows[0]["memory_gates_shut"] != rows[0]["memory_gates_shut"]  # NaN: no gates

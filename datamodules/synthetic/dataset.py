@@ -19,7 +19,7 @@ import numpy as np
 
 from datamodules.synthetic.probe_scene import render_probe_video
 from datamodules.synthetic.scene import render_video
-from datamodules.video_io import write_video
+from datamodules.video_io import as_stored, write_video
 
 __all__ = ["generate_dataset", "held_out_videos"]
 
@@ -159,10 +159,16 @@ def generate_dataset(
 
 
 def held_out_videos(
-    count: int, num_segments: int, segment_frames: int, size: tuple[int, int], seed: int = 0
+    count: int,
+    num_segments: int,
+    segment_frames: int,
+    size: tuple[int, int],
+    seed: int = 0,
+    fps: float = 8.0,
 ) -> list[dict[str, object]]:
     """`count` training-scene videos of exactly `num_segments` segments, rendered in memory as
-    dataset items (`video` [s, T, 3, H, W] and `image` [3, H, W] in [-1, 1], `caption`, `name`).
+    dataset items (`video` [s, T, 3, H, W] and `image` [3, H, W] in [-1, 1], `caption`, `name`),
+    through the mp4 round trip the stored training videos went through (`as_stored`).
 
     For evaluations that need videos longer than the split holds (rollouts by depth). The render
     seeds come from their own stream, rng([seed, 7919]), not the [seed, index] streams of
@@ -177,7 +183,7 @@ def held_out_videos(
     items = []
     for k, render_seed in enumerate(rng.integers(2**31, size=count).tolist()):
         frames, caption = render_video(int(render_seed), num_segments * segment_frames, size)
-        video = frames.float().div(127.5).sub(1.0)
+        video = as_stored(frames, fps).float().div(127.5).sub(1.0)
         video = video.reshape(num_segments, segment_frames, *video.shape[1:])
         items.append({"video": video, "image": video[0, 0].clone(), "caption": caption,
                       "num_segments": num_segments, "name": f"held_out_{k:04d}"})  # fmt: skip

@@ -22,13 +22,14 @@ evaluation probes (`probe_set`) from odd ones, so a probe is never a training vi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
 import datamodules.synthetic.drawing as drawing
 from datamodules.synthetic.drawing import BACKGROUND_COLOURS, OBJECT_COLOURS
+from datamodules.video_io import as_stored
 
 __all__ = ["LANDMARK_COLOURS", "ProbeSchedule", "ProbeVideo", "probe_set", "render_probe_video"]
 
@@ -215,8 +216,11 @@ def probe_set(
     segment_frames: int,
     seed: int = 0,
     schedule: ProbeSchedule | None = None,
+    fps: float = 8.0,
 ) -> list[ProbeVideo]:
-    """`count` held-out probe videos (odd render seeds: never a training video)."""
+    """`count` held-out probe videos (odd render seeds: never a training video), through the mp4
+    round trip the stored training probes went through (`as_stored`)."""
     rng = np.random.default_rng([seed, 104729])
     seeds = [2 * int(s) + 1 for s in rng.integers(0, 2**30, size=count)]
-    return [render_probe_video(s, size, segment_frames, schedule) for s in seeds]
+    probes = [render_probe_video(s, size, segment_frames, schedule) for s in seeds]
+    return [replace(p, frames=as_stored(p.frames, fps)) for p in probes]
