@@ -33,6 +33,7 @@ from typing import Any
 
 from benchmarks.generation_quality import held_out, load_model, long_held_out
 from eval.generation_quality import rollout_quality
+from experiments.report import mean_std
 from lightning_modules.loading import read_checkpoint
 
 DAGGER = "\u2020"
@@ -72,11 +73,6 @@ def per_depth(r: dict[str, Any]) -> dict[str, list[float]]:
         "psnr": list(r["psnr_by_depth"]),
         "static": list(static),
     }
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std (0 for one value)."""
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def measure(

@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model = load_module(checkpoint)
     data = dict(checkpoint.get("datamodule_hyper_parameters") or {})
     frames, size = int(data.get("segment_frames", 4)), tuple(data.get("resolution", (32, 32)))
-    videos = held_out_videos(args.videos, 8, frames, size, seed=args.seed)
+    fps = float(data.get("fps", 8.0))
+    videos = held_out_videos(args.videos, 8, frames, size, seed=args.seed, fps=fps)
     out = diagnose(model, videos, frames)
     print(f"{out['targets']} targets; moving share of latent pixels {out['moving_share']:.2f}; "
           f"copy-last {out['copy_last_psnr']:.2f} dB")  # fmt: skip

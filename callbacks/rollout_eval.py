@@ -131,7 +131,7 @@ class RolloutEvalCallback(L.Callback):
                 bar.set_description("memory probe")
             probe = self.probe_videos and rollout.probe_scores(
                 pl_module, self.probe_videos, dm.resolution, dm.segment_frames,
-                trainer.global_rank, trainer.world_size, self.seed,
+                trainer.global_rank, trainer.world_size, self.seed, dm.fps,
             )  # fmt: skip
             if probe:  # None: the model's history never lets the landmark go
                 self._log(pl_module, "eval/probe", probe)

@@ -284,7 +284,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         model.hparams.sample_steps = args.sample_steps
     size = tuple(data.get("resolution", (32, 32)))
     segment_frames = int(data.get("segment_frames", 8))
-    probes = probe_set(args.num_videos, size, segment_frames, seed=args.seed)
+    fps = float(data.get("fps", 8.0))
+    probes = probe_set(args.num_videos, size, segment_frames, seed=args.seed, fps=fps)
     prefix = None if args.gap == "true" else probes[0].schedule.prefix_segments
     scores = memory_probe(model, probes, seed=args.seed, prefix_segments=prefix)
     if model.semantic_pack is not None and len(probes) >= 4:

@@ -226,11 +226,12 @@ def probe_scores(
     rank: int,
     world: int,
     seed: int = 0,
+    fps: float = 8.0,
 ) -> dict[str, float] | None:
     """The memory probe (`eval/probe.py`) on `count` probe videos drawn with `seed`, this rank's
     shard of them, reduced over ranks. None (with a warning) when the model's history never lets
     the landmark go (`full_history`)."""
-    probes = probe_set(count, size, segment_frames, seed=seed)
+    probes = probe_set(count, size, segment_frames, seed=seed, fps=fps)
     try:
         probes[0].check_history(history_reach(model.dit) * model.codec.temporal_factor)
     except ValueError as err:

@@ -44,7 +44,8 @@ def load_results(out: Path) -> dict[str, list[dict[str, Any]]]:
     return runs
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std of the finite values (NaN, NaN when none; std 0 for one)."""
     finite = [v for v in values if not math.isnan(v)]
     if not finite:
         return math.nan, math.nan
@@ -57,7 +58,7 @@ def aggregate(runs: list[dict[str, Any]]) -> tuple[dict[str, float], dict[str, f
     keys = sorted({k for r in runs for k in r["metrics"]})
     mean, std = {}, {}
     for key in keys:
-        mean[key], std[key] = _mean_std([r["metrics"].get(key, math.nan) for r in runs])
+        mean[key], std[key] = mean_std([r["metrics"].get(key, math.nan) for r in runs])
     return mean, std
 
 
@@ -67,7 +68,7 @@ def _curves(runs: list[dict[str, Any]], length: str) -> dict[str, tuple[list[flo
     for metric in runs[0]["curves"].get(length, {}):
         per_seed = [r["curves"][length][metric] for r in runs]
         columns = list(zip(*per_seed, strict=True))
-        stats = [_mean_std(list(c)) for c in columns]
+        stats = [mean_std(list(c)) for c in columns]
         out[metric] = ([m for m, _ in stats], [s for _, s in stats])
     return out
 

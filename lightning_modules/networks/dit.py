@@ -122,7 +122,7 @@ class Attention(nn.Module):
         q, k, v = self.heads_of(x)
         q, k = apply_rope(q, rotation), apply_rope(k, rotation)
         n = x.shape[1] - memory
-        q_tok = q[:, :, n - (n if keep is None else keep) : n]
+        q_tok = q[:, :, 0 if keep is None else n - keep : n]
         out = attend(q_tok, k[:, :, :n], v[:, :, :n])
         merge = "b h n d -> b n (h d)"
         if not memory:
