@@ -23,6 +23,7 @@ from lightning_modules.conditioning import CachedConditioning
 from lightning_modules.memory_pack import MemoryPack
 from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.lora import merge_lora
+from lightning_modules.networks.memory_recall import MemoryRecall
 from lightning_modules.networks.semantic_pack import SemanticPack
 from lightning_modules.networks.text_encoder import HashTextEncoder, TextEncoder
 from lightning_modules.pipeline import VideoPipeline
@@ -64,6 +65,9 @@ class VideoModule(L.LightningModule):
         memory_oracle: a diagnostic: a focus target reads psi after only the segments that hold
             what it needs (`focus_memory`, a probe's prefix), as if psi had kept it perfectly, so
             what is measured is the read-in alone.
+        memory_recall: weight of an auxiliary loss asking psi to give back a segment it has
+            memorized (`networks/memory_recall.py`, the Compressive Transformer's reconstruction
+            loss; not in the paper); 0 leaves it out.
         adapters: `LoraAdapters` trains low-rank adapters on the DiT's blocks and SemanticPack +
             the memory gates in full, the rest frozen (`training/adapters.py`); None trains all.
 
@@ -97,6 +101,7 @@ class VideoModule(L.LightningModule):
         memory_lr_scale: float = 1.0,
         memory_gate_init: float = 0.0,
         memory_oracle: bool = False,
+        memory_recall: float = 0.0,
         adapters: LoraAdapters | None = None,
     ) -> None:
         super().__init__()
@@ -106,6 +111,7 @@ class VideoModule(L.LightningModule):
             warmup_steps=warmup_steps, lr_schedule=lr_schedule, sample_steps=sample_steps,
             sample_shift=sample_shift, cfg_scale=cfg_scale, rollout_segments=rollout_segments,
             memory_focus=memory_focus, memory_lr_scale=memory_lr_scale,
+            memory_recall=memory_recall,
         )  # fmt: skip
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
         # rebuilds the exact networks; outside the CLI the modules themselves are stored.
@@ -129,6 +135,14 @@ class VideoModule(L.LightningModule):
             # would zero the saved gates that load_state_dict then copies back.
             for gate in self.memory_gates():
                 gate.data = torch.full_like(gate, memory_gate_init)
+        self.memory_recall = None
+        if memory_recall > 0:
+            if semantic_pack is None:
+                raise ValueError(f"memory_recall={memory_recall} needs a semantic_pack")
+            memorize = semantic_pack.memorize
+            self.memory_recall = MemoryRecall(
+                semantic_pack.width, memorize.attn.heads, memorize.patch, dit.latent_channels
+            )
         self.adapters = adapters
         self.adapters_merged = False
         if adapters is not None:
@@ -261,6 +275,15 @@ class VideoModule(L.LightningModule):
             self.dit, self.semantic_pack, *encoded, seg, text, image, memory_index
         )
         loss, *_ = self.flow_loss(x, seg, context.history, image, text, context.memory, generator)
+        if self.memory_recall is not None:
+            latents, frames = encoded
+            n = max(int(seg.max()), 1)
+            segments = rearrange(latents[:, : n * frames], "b (s t) c h w -> b s t c h w", t=frames)
+            until = seg if memory_index is None else memory_index
+            recall = self.memory_recall.loss(context.memory, segments, until, generator)
+            if self.training and self._trainer is not None:
+                self.log("train/recall_loss", recall, batch_size=len(seg))
+            loss = loss + self.hparams.memory_recall * recall
         return loss
 
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:

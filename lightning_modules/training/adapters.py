@@ -7,7 +7,8 @@ backbone and the text encoder and trains
   `targets` / `exclude` are fnmatch patterns over a layer's name inside its block; the adaLN
   modulation layers are left out by default, as FramePack LoRA trainers do);
 - in full, the parameters matching `train_in_full`: by default SemanticPack and the per-head
-  memory read-in gates (psi's read-in), which the pretrained model does not have.
+  memory read-in gates (psi's read-in), which the pretrained model does not have, and the
+  `memory_recall` head when it is on.
 
 With a pretrained backbone (`FramePackBackbone(pretrained_dir=...)`) its folder weights never
 change, so checkpoints hold only what trains (adapters, SemanticPack, gates) and the optimizer
@@ -32,7 +33,7 @@ __all__ = ["LoraAdapters"]
 # Linear layers inside a block that keep their pretrained weights: adaLN modulation (HunyuanVideo
 # `norm1.linear`, `norm1_context.linear`, `norm.linear`; VideoDiT `modulation.1`).
 DEFAULT_EXCLUDE = ("*norm*", "modulation*")
-DEFAULT_TRAIN_IN_FULL = ("semantic_pack.*", "*.memory_gate")
+DEFAULT_TRAIN_IN_FULL = ("semantic_pack.*", "*.memory_gate", "memory_recall.*")
 
 
 class LoraAdapters:
