@@ -211,6 +211,36 @@ def test_bptt_truncation_stops_gradients_beyond_the_window() -> None:
     torch.testing.assert_close(pack.teacher_forced(psi0, segments, target), expected)
 
 
+@pytest.mark.parametrize("structure", ["A", "B", "C"])
+def test_teacher_forced_psi_is_the_segment_by_segment_recurrence(structure: str) -> None:
+    """Batched teacher forcing (videos at different depths, truncated window aligned to each
+    video's end) gives every video the psi of Eq. 1 run one segment at a time."""
+    torch.manual_seed(0)
+    pack = tiny_pack(memory_bptt=2, structure=structure, update="gated")
+    segments = torch.randn(4, 5, 4, 12, 8, 8)
+    text, image = torch.randn(4, 5, 16), torch.randn(4, 1, 12, 8, 8)
+    target = torch.tensor([5, 0, 1, 3])
+    batched = pack.teacher_forced(pack.init(text, image), segments, target)
+    for v, i in enumerate(target.tolist()):
+        psi = pack.init(text[v : v + 1], image[v : v + 1])
+        for n in range(i):
+            psi = pack(psi, segments[v : v + 1, n], step=n)
+        torch.testing.assert_close(batched[v : v + 1], psi)
+
+
+def test_truncated_bptt_builds_a_graph_for_the_window_only() -> None:
+    """However long each video's history, teacher forcing records `memory_bptt` updates with
+    autograd (one batched update per window position), not one per step of the longest video."""
+    pack = tiny_pack(memory_bptt=2)
+    calls = []
+    step = pack.squeeze_step
+    pack.squeeze_step = lambda *a: calls.append(torch.is_grad_enabled()) or step(*a)
+    segments = torch.randn(3, 7, 4, 12, 8, 8)
+    psi0 = pack.init(torch.randn(3, 5, 16), torch.randn(3, 1, 12, 8, 8))
+    pack.teacher_forced(psi0, segments, torch.tensor([7, 3, 1]))
+    assert calls.count(True) == 2 and calls.count(False) == 5
+
+
 @pytest.mark.parametrize("update", ["squeeze", "gated"])
 def test_full_bptt_trains_what_the_first_segment_left_checkpointed_or_not(update: str) -> None:
     """memory_bptt=None: a target at segment 5 sends gradient to segment 0's update (the one that

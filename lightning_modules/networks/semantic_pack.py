@@ -312,9 +312,9 @@ class SemanticPack(nn.Module):
         """psi_{n+1} from psi_n [b, n_psi, d] and segment x^n [b, T, c, h, w]; `step` is n."""
         return self.squeeze_step(psi, self.memorize(segment), step)
 
-    def squeeze_step(self, psi: Tensor, visual: Tensor, step: int | None = None) -> Tensor:
+    def squeeze_step(self, psi: Tensor, visual: Tensor, step: int | Tensor | None = None) -> Tensor:
         """The Squeeze half of Eq. 1, given visual = Memorize(x^n) [b, m, d] (then the write
-        gate, with `update="gated"`)."""
+        gate, with `update="gated"`). `step` is n, or one n per video [b]."""
         if self.structure == "A":
             candidate = self.squeeze(visual, psi)
         elif self.structure == "B":
@@ -322,8 +322,12 @@ class SemanticPack(nn.Module):
         else:
             if step is None:
                 raise ValueError("SemanticPack structure 'C' needs the segment index `step`")
-            if step == 0:  # the first window's visual tokens take the placeholders' place
-                psi = torch.cat((psi[:, : -self.memory_tokens], visual), dim=1)
+            # the first window's visual tokens take the placeholders' place
+            first = torch.cat((psi[:, : -self.memory_tokens], visual), dim=1)
+            if isinstance(step, int):
+                psi = first if step == 0 else psi
+            else:
+                psi = torch.where((step == 0)[:, None, None], first, psi)
             candidate = self.squeeze(psi, visual)
         return candidate if self.update == "squeeze" else self.write_gate(psi, candidate)
 
@@ -356,21 +360,30 @@ class SemanticPack(nn.Module):
             # whose batch skipped memory would leave the others waiting (DDP and FSDP2 hang).
             idle = self.squeeze_step(psi0[:1], self.memorize(segments[:1, 0]), 0)
             return psi0 + 0 * idle.sum()
+        reach = steps if self.memory_bptt is None else min(self.memory_bptt, steps)
+        start = (target - reach).clamp(min=0)  # [b]: each video's first update with gradient
         n = torch.arange(steps, device=target.device)
         live = n[None] < target[:, None]  # [b, s]: steps each video's recurrence runs
-        reach = steps if self.memory_bptt is None else self.memory_bptt
-        in_window = n[None] >= (target - reach)[:, None]  # [b, s]: steps with grad
+        in_window = n[None] >= start[:, None]  # [b, s]: steps with grad
         visual = psi0.new_zeros(b, steps, self.memory_tokens, self.width)
         for grad, used in ((False, live & ~in_window), (True, live & in_window)):
             if used.any():
                 with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
                     seen = self._maybe_checkpointed(self.memorize, segments[:, :steps][used])
                     visual = visual.index_put((used,), seen)
+        # Updates before the window, without a graph: step k moves the videos with k < start.
         psi = psi0
-        for k in range(steps):
-            grad = torch.is_grad_enabled() and bool((live & in_window)[:, k].any())
-            with torch.set_grad_enabled(grad):
-                new = self._maybe_checkpointed(self.squeeze_step, psi, visual[:, k], k)
-            new = torch.where(in_window[:, k, None, None], new, new.detach())
-            psi = torch.where(live[:, k, None, None], new, psi)
+        for k in range(int(start.max())):
+            with torch.no_grad():
+                new = self.squeeze_step(psi, visual[:, k], k)
+            psi = torch.where((k < start)[:, None, None], new, psi)
+        # The window, aligned to each video's end: its j-th update is step start + j, so every
+        # video backpropagates through `reach` batched updates, however long its history.
+        rows = torch.arange(b, device=target.device)
+        for j in range(reach):
+            k = start + j
+            new = self._maybe_checkpointed(
+                self.squeeze_step, psi, visual[rows, k.clamp(max=steps - 1)], k
+            )
+            psi = torch.where((k < target)[:, None, None], new, psi)
         return psi
