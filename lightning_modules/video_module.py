@@ -21,7 +21,7 @@ from lightning_modules import rectified_flow as rf
 from lightning_modules.codecs.base import LatentCodec, SpaceToDepthCodec
 from lightning_modules.conditioning import CachedConditioning
 from lightning_modules.memory_pack import MemoryPack
-from lightning_modules.networks.backbone import Backbone
+from lightning_modules.networks.backbone import Backbone, ContextMode
 from lightning_modules.networks.lora import merge_lora
 from lightning_modules.networks.memory_recall import MemoryRecall
 from lightning_modules.networks.semantic_pack import SemanticPack
@@ -65,9 +65,9 @@ class VideoModule(L.LightningModule):
         memory_oracle: a diagnostic: a focus target reads psi after only the segments that hold
             what it needs (`focus_memory`, a probe's prefix), as if psi had kept it perfectly, so
             what is measured is the read-in alone.
-        memory_recall: weight of an auxiliary loss asking psi to give back a segment it has
-            memorized (`networks/memory_recall.py`, the Compressive Transformer's reconstruction
-            loss; not in the paper); 0 leaves it out.
+        memory_recall: weight of an auxiliary loss asking psi to give back a segment that has
+            left FramePack's history (`networks/memory_recall.py`, the Compressive Transformer's
+            reconstruction loss; not in the paper); 0 leaves it out.
         adapters: `LoraAdapters` trains low-rank adapters on the DiT's blocks and SemanticPack +
             the memory gates in full, the rest frozen (`training/adapters.py`); None trains all.
 
@@ -139,6 +139,11 @@ class VideoModule(L.LightningModule):
         if memory_recall > 0:
             if semantic_pack is None:
                 raise ValueError(f"memory_recall={memory_recall} needs a semantic_pack")
+            if dit.context_mode == ContextMode.FULL_HISTORY:
+                raise ValueError(
+                    f"memory_recall={memory_recall} asks psi for segments that left FramePack's "
+                    "window; context_mode FULL_HISTORY keeps every frame"
+                )
             memorize = semantic_pack.memorize
             self.memory_recall = MemoryRecall(
                 semantic_pack.width, memorize.attn.heads, memorize.patch, dit.latent_channels
@@ -280,7 +285,8 @@ class VideoModule(L.LightningModule):
             n = max(int(seg.max()), 1)
             segments = rearrange(latents[:, : n * frames], "b (s t) c h w -> b s t c h w", t=frames)
             until = seg if memory_index is None else memory_index
-            recall = self.memory_recall.loss(context.memory, segments, until, generator)
+            beyond = -(-self.dit.history_frames // frames)  # segments FramePack still holds
+            recall = self.memory_recall.loss(context.memory, segments, until, beyond, generator)
             if self.training and self._trainer is not None:
                 self.log("train/recall_loss", recall, batch_size=len(seg))
             loss = loss + self.hparams.memory_recall * recall

@@ -6,10 +6,12 @@ learning, so early on nothing tells Memorize and the write gate that a landmark 
 The Compressive Transformer (Rae et al., 2020, Sec. 3.2) faced the same problem with its
 compressed memory and trained the compression with an auxiliary reconstruction loss. Here:
 
-    loss = || Recall(psi_i, i - 1 - j) - patches(x^j) ||^2,    j ~ U{0, ..., i - 1}
+    loss = || Recall(psi_i, i - 1 - j) - patches(x^j) ||^2,    j ~ U{0, ..., i - 1 - k}
 
 psi_i is the memory the DiT reads for segment i (after segments 0..i-1), x^j one of the segments
-it has memorized, `i - 1 - j` how many updates ago. The target is x^j's latent cut into Memorize's
+it has memorized, `i - 1 - j` how many updates ago. k is the number of segments FramePack's
+history holds in full: psi is asked only for segments that have left it, what only the long-term
+memory can give back (asking for every segment, k = 0, measured worse: README, issue 19). The target is x^j's latent cut into Memorize's
 (t, h, w) patches, so the decoder answers at the resolution Memorize sees. With gradient through
 the whole recurrence (`memory_bptt: null`), the loss reaches the update that wrote x^j across the
 updates since, so it trains retention as well as encoding.
@@ -96,21 +98,24 @@ class MemoryRecall(nn.Module):
         psi: Tensor,
         segments: Tensor,
         target: Tensor,
+        min_distance: int = 0,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Mean recall error over the videos with something to recall (target i_b >= 1).
+        """Mean recall error over the videos with a segment at least `min_distance` updates old.
 
         psi [b, n, d] is psi_{i_b}; segments [b, s, T, c, h, w] the true segments (s >= max i_b).
+        The recalled j is uniform over 0..i_b - 1 - min_distance: with `min_distance` the
+        segments FramePack's history still holds, psi is asked only for what left the view.
         """
-        has = target >= 1
-        if not bool(has.any()):
-            return psi.sum() * 0  # keeps every parameter in the graph (data-parallel ranks)
+        count = target - min_distance  # how many segments qualify
+        has = count >= 1
         u = torch.rand(target.shape, generator=generator, device="cpu").to(target.device)
-        j = (u * target).long().clamp(min=0)  # uniform over 0..i-1
-        j = torch.minimum(j, (target - 1).clamp(min=0))
+        j = torch.minimum((u * count).long(), count - 1).clamp(min=0)
         rows = torch.arange(len(target), device=target.device)
         want = self.targets(segments[rows, j])
         got = self(psi, (target - 1 - j).clamp(min=0), tuple(want.shape[1:4]))
         want = rearrange(want, "b f h w p -> b (f h w) p")
         per_video = (got.float() - want.float()).pow(2).mean(dim=(1, 2))
-        return (per_video * has).sum() / has.sum()
+        # Rows without a qualifying segment still run (weight 0): every parameter takes part in
+        # every step, as data-parallel ranks need.
+        return (per_video * has).sum() / has.sum().clamp(min=1)
