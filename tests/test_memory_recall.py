@@ -1,11 +1,24 @@
 """The memory-recall loss (`memory_recall`, issue 19): what it asks psi for, and where its
 gradient goes."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from lightning_modules.networks.memory_recall import MemoryRecall
-from tests.helpers.tiny import CHANNELS, WIDTH, perturb, tiny_batch, tiny_module, tiny_pack
+from lightning_modules.video_module import VideoModule
+from tests.helpers.tiny import (
+    CHANNELS,
+    WIDTH,
+    one_block_parts,
+    perturb,
+    save_checkpoint,
+    tiny_batch,
+    tiny_module,
+    tiny_pack,
+    tiny_stage2,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -96,3 +109,15 @@ def test_memory_recall_adds_its_weighted_loss_to_stage_1() -> None:
         tiny_module(tiny_pack(), memory_recall=-1.0)
     with pytest.raises(ValueError, match="FULL_HISTORY keeps every frame"):
         tiny_module(tiny_pack(), memory_recall=1.0, context="full_history")
+
+
+def test_stage_2_starts_from_a_stage_1_trained_with_memory_recall(tmp_path: Path) -> None:
+    """The recall head is stage 1's training aid: stage 2 loads everything else, unchanged."""
+    stage1 = VideoModule(**one_block_parts(memory=True), memory_recall=1.0)
+    perturb(stage1)
+    stage2 = tiny_stage2(save_checkpoint(stage1, tmp_path / "s1.ckpt"))
+    assert stage2.memory_recall is None
+    own = stage2.state_dict()
+    for name, value in stage1.state_dict().items():
+        if not name.startswith("memory_recall."):
+            assert torch.equal(own[name], value), name

@@ -242,6 +242,8 @@ def load_stage1_weights(module: nn.Module, ckpt: dict[str, Any], path: str) -> N
         raise ValueError(f"init_checkpoint {path!r} holds no state_dict of tensors")
     frozen_parts.check_records(module, ckpt, f"init_checkpoint {path!r}")
     own = module.state_dict()  # pretrained parts left out: rebuilt from their folders
+    # Stage 1's memory-recall head is a training loss's decoder; the model never runs it.
+    state = {k: v for k, v in state.items() if not k.startswith("memory_recall.") or k in own}
     missing = sorted(set(own) - set(state))
     extra = set(state) - set(own)
     unexpected = sorted(extra - frozen_parts.left_out(module, extra))  # an older file saved them
