@@ -149,10 +149,10 @@ def test_memory_probe_runs_offline_on_a_checkpoint(trained: tuple[Path, object])
     tmp, cli = trained
     out = tmp / "probe.json"
     ckpt = cli.trainer.checkpoint_callback.last_model_path
-    with pytest.warns(UserWarning, match="num_videos 2 < 4: psi_decodability skipped"):
-        probe_main(["--ckpt", ckpt, "--num_videos", "2", "--json", str(out)])
+    probe_main(["--ckpt", ckpt, "--num_videos", "2", "--decode_videos", "4", "--json", str(out)])
     scores = json.loads(out.read_text())
     assert scores["videos"] == 2 and scores["chance"] == 1 / 8 and scores["oracle"] == 1.0
+    assert scores["decode_videos"] == 4 and 0 <= scores["decodable_return"] <= 1
     assert 0 <= scores["memory"] <= 1 and 0 <= scores["memory_gates_shut"] <= 1
 
 
