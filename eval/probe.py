@@ -279,6 +279,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                         help="real frames up to the return (default), or generated from the prefix")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0, help="probe set and sampling seed")
     parser.add_argument("--sample_steps", type=int, default=None, help="default: the model's")
+    parser.add_argument("--memory_guidance", type=float, default=None,
+                        help="memory guidance w at sampling (pipeline.py); default: the model's")  # fmt: skip
     parser.add_argument("--decode_videos", type=int, default=256,
                         help="probe videos for psi_decodability (half fit the linear probe, half "
                         "test it; with 64 the probe is short of data: README)")  # fmt: skip
@@ -287,6 +289,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     model, data = _load(args.ckpt)
     if args.sample_steps is not None:
         model.hparams.sample_steps = args.sample_steps
+    if args.memory_guidance is not None:
+        model.hparams.memory_guidance = args.memory_guidance
     size = tuple(data.get("resolution", (32, 32)))
     segment_frames = int(data.get("segment_frames", 8))
     fps = float(data.get("fps", 8.0))

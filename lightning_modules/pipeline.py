@@ -7,6 +7,11 @@ it (FramePack history + psi); it is decoded after the latent frames before it (c
 and then remembered. Classifier-free guidance batches both halves into one backbone call; the
 unconditional half reads its own psi, built from the empty prompt as training builds it for a
 dropped prompt.
+
+Memory guidance (`memory_guidance` w, not in the paper; off by default) is classifier-free
+guidance on psi: v + w (v - v without psi). The model without psi is the same network with its
+read-in skipped, exactly what closed gates give, so it needs no extra training: w > 0 pushes a
+segment further in the direction that what psi holds moves it (issue 19).
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ class VideoPipeline:
         sample_steps: int = 16,
         sample_shift: float = 1.0,
         cfg_scale: float = 1.0,
+        memory_guidance: float = 0.0,
     ) -> None:
         self.dit, self.codec, self.text_encoder = dit, codec, text_encoder
         self.semantic_pack = semantic_pack
         self.sample_steps, self.sample_shift, self.cfg_scale = sample_steps, sample_shift, cfg_scale
+        self.memory_guidance = memory_guidance
 
     # ----------------------------------------------------------------- encoding
     def latent_frames(self, pixel_frames: int) -> int:
@@ -103,13 +110,16 @@ class VideoPipeline:
         null_text: tuple[Tensor, Tensor] | None = None,
     ) -> rf.VelocityFn:
         """v(x, t) of one segment, with classifier-free guidance batched into one call when
-        `null_text` is given and cfg_scale != 1 (the unconditional half reads `null_memory`)."""
+        `null_text` is given and cfg_scale != 1 (the unconditional half reads `null_memory`),
+        and memory guidance when psi is read and memory_guidance != 0 (module docstring)."""
         scale, history = self.cfg_scale, context.history
         memory, null_memory = context.memory, context.null_memory
         if null_text is not None and scale != 1.0 and (memory is None) != (null_memory is None):
             raise ValueError("classifier-free guidance needs psi for both halves or for neither")
 
-        def velocity(x: Tensor, t: Tensor) -> Tensor:
+        def text_guided(
+            x: Tensor, t: Tensor, memory: Tensor | None, null_memory: Tensor | None
+        ) -> Tensor:
             if null_text is None or scale == 1.0:
                 return self.dit(x, t, segment_index, history, image, *text, memory=memory)
             two = lambda a: None if a is None else torch.cat((a, a))  # noqa: E731
@@ -122,6 +132,12 @@ class VideoPipeline:
             )  # fmt: skip
             cond, uncond = v.chunk(2)
             return rf.guided(cond, uncond, scale)
+
+        def velocity(x: Tensor, t: Tensor) -> Tensor:
+            v = text_guided(x, t, memory, null_memory)
+            if memory is None or self.memory_guidance == 0:
+                return v
+            return rf.guided(v, text_guided(x, t, None, None), 1.0 + self.memory_guidance)
 
         return velocity
 

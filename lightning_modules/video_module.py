@@ -52,6 +52,8 @@ class VideoModule(L.LightningModule):
         lr_schedule: after warm-up, `constant`, or `cosine` decay to 0 at the run's last
             optimizer step (`trainer.estimated_stepping_batches`).
         sample_steps, sample_shift, cfg_scale: Euler sampler used by `generate`.
+        memory_guidance: w of memory guidance at sampling, v + w (v - v without psi)
+            (`pipeline.py`; not in the paper); 0 samples the model as it is.
         rollout_segments: segments per `predict` video (a continued video's prefix included).
         compile: `torch.compile` the DiT blocks or the whole DiT in `configure_model`.
         memory_focus: probability that a video with a `focus_segment` (a memory-probe training
@@ -95,6 +97,7 @@ class VideoModule(L.LightningModule):
         sample_steps: int = 16,
         sample_shift: float = 1.0,
         cfg_scale: float = 1.0,
+        memory_guidance: float = 0.0,
         rollout_segments: int = 4,
         compile: CompileMode = "none",
         memory_focus: float = 0.0,
@@ -110,7 +113,7 @@ class VideoModule(L.LightningModule):
             prompt_dropout=prompt_dropout, lr=lr, weight_decay=weight_decay, betas=betas,
             warmup_steps=warmup_steps, lr_schedule=lr_schedule, sample_steps=sample_steps,
             sample_shift=sample_shift, cfg_scale=cfg_scale, rollout_segments=rollout_segments,
-            memory_focus=memory_focus, memory_lr_scale=memory_lr_scale,
+            memory_guidance=memory_guidance, memory_focus=memory_focus, memory_lr_scale=memory_lr_scale,
             memory_recall=memory_recall,
         )  # fmt: skip
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
@@ -165,7 +168,7 @@ class VideoModule(L.LightningModule):
         hp = self.hparams
         return VideoPipeline(
             self.dit, self.codec, self.text_encoder, self.semantic_pack,
-            hp.sample_steps, hp.sample_shift, hp.cfg_scale,
+            hp.sample_steps, hp.sample_shift, hp.cfg_scale, hp.get("memory_guidance", 0.0),
         )  # fmt: skip
 
     def encode_video(self, video: Tensor, image: Tensor | None = None) -> tuple[Tensor, int]:

@@ -361,6 +361,33 @@ def test_cfg_unconditional_half_carries_psi_of_the_empty_prompt() -> None:
     torch.testing.assert_close(seen[0], module.text_encoder([""] * 3)[0])
 
 
+@pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
+def test_memory_guidance_pushes_along_what_psi_changes(cfg_scale: float) -> None:
+    """memory_guidance w samples v + w (v - v without psi), with or without text CFG; with psi
+    unread (the probe's gates-shut row) it changes nothing."""
+    from lightning_modules.memory_pack import MemoryPack
+
+    module = tiny_module(tiny_pack(), cfg_scale=cfg_scale).eval()
+    perturb(module)
+    pipe = module.pipeline
+    image = torch.rand(2, 3, 16, 16) * 2 - 1
+    text, image_lat = pipe.encode_text(["a red circle", "a"]), pipe.encode_image(image)
+    null = pipe.encode_text(["", ""]) if cfg_scale != 1 else None
+    x, t, seg = torch.randn(2, 4, 12, 8, 8), torch.full((2,), 0.3), torch.zeros(2).long()
+    v = {}
+    with torch.no_grad():
+        for read in (True, False):
+            context = MemoryPack.start(
+                module.dit, module.semantic_pack, text, image_lat, null, read_memory=read
+            ).context()
+            for w in (0.0, 2.0):
+                pipe.memory_guidance = w
+                v[read, w] = pipe.velocity_fn(seg, context, image_lat, text, null)(x, t)
+    assert not torch.allclose(v[True, 0.0], v[False, 0.0], atol=1e-4)  # psi is read
+    torch.testing.assert_close(v[True, 2.0], v[True, 0.0] + 2 * (v[True, 0.0] - v[False, 0.0]))
+    torch.testing.assert_close(v[False, 2.0], v[False, 0.0])
+
+
 def test_trained_gates_survive_a_checkpoint_written_outside_the_cli(tmp_path: Path) -> None:
     """Outside the CLI the networks are pickled in hyper_parameters, sharing storage with the
     state dict: setting `memory_gate_init` in place at construction zeroed the saved gates."""
