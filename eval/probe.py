@@ -19,6 +19,8 @@ in the return frames where it is fully uncovered:
 - `memory_gates_shut`, `colour_error_gates_shut` (models with SemanticPack): the same model and
   noise with psi never read (`generate(read_memory=False)`, exactly what memory-read gates at 0
   give): a model that cannot remember, which must score near chance.
+- `return_psnr` (`return_psnr_gates_shut`): PSNR of the generated return segments against the
+  truth, whole frames: what the rest of the picture pays for the colour (memory guidance);
 - `memory_oracle_psi` (models with SemanticPack): psi stops updating after the prefix
   (`generate(memory_until=prefix)`), so it holds the landmark as well as psi ever can: what the
   DiT reads from a perfect memory (the read-in alone).
@@ -74,6 +76,8 @@ PROBE_KEYS = (
     "memory_gates_shut",
     "colour_error_gates_shut",
     "memory_oracle_psi",
+    "return_psnr",
+    "return_psnr_gates_shut",
 )
 _PALETTE = torch.tensor([OBJECT_COLOURS[c] for c in LANDMARK_COLOURS], dtype=torch.float64)
 
@@ -92,6 +96,14 @@ def score_colour(frames: Tensor, probe: ProbeVideo) -> tuple[float, float]:
     nearest = int((_PALETTE - mean).norm(dim=1).argmin())
     truth = _PALETTE[LANDMARK_COLOURS.index(probe.colour)]
     return float(LANDMARK_COLOURS[nearest] == probe.colour), float((mean - truth).norm() / 255)
+
+
+def return_psnr(frames: Tensor, probe: ProbeVideo) -> float:
+    """PSNR (dB) of uint8 frames [F, 3, H, W] against the probe's truth over its return segments:
+    the whole frame, so a memory that paints the right colour into a broken frame shows."""
+    start = probe.return_start
+    error = (frames[start:].double() - probe.frames[start:].double()).pow(2).mean()
+    return float(10 * torch.log10(255.0**2 / error.clamp(min=1e-10)))
 
 
 def chance_colour_error(probe: ProbeVideo) -> float:
@@ -179,9 +191,12 @@ def probe_video_scores(
             "memory_gates_shut": math.nan,
             "colour_error_gates_shut": math.nan,
             "memory_oracle_psi": math.nan,
+            "return_psnr": return_psnr(generated[i], probe),
+            "return_psnr_gates_shut": math.nan,
         }
         if shut is not None:
             row["memory_gates_shut"], row["colour_error_gates_shut"] = score_colour(shut[i], probe)
+            row["return_psnr_gates_shut"] = return_psnr(shut[i], probe)
         if oracle_psi is not None:
             row["memory_oracle_psi"] = score_colour(oracle_psi[i], probe)[0]
         out.append(row)

@@ -21,7 +21,7 @@ from datamodules.synthetic.probe_scene import (
     probe_set,
     render_probe_video,
 )
-from eval.probe import memory_probe, probe_video_scores, score_colour
+from eval.probe import memory_probe, probe_video_scores, return_psnr, score_colour
 from lightning_modules.video_module import VideoModule
 from tests.helpers.tiny import F1_PACK, perturb, tiny_dit, tiny_module, tiny_pack
 
@@ -77,6 +77,18 @@ def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
     unscored = probe.frames.clone()
     unscored[: probe.return_start] = 0  # only the return frames count
     assert score_colour(unscored, probe) == truth
+
+
+def test_return_psnr_scores_the_whole_return_and_nothing_before() -> None:
+    probe = probe_set(1, (32, 32), T, seed=3)[0]
+    assert return_psnr(probe.frames, probe) > 100  # identical frames (error clamped)
+    start = probe.return_start  # the return's first frame
+    before = probe.frames.clone()
+    before[:start] = 0
+    assert return_psnr(before, probe) > 100
+    noisy = probe.frames.clone()
+    noisy[start] = noisy[start] // 2  # one return frame darkened
+    assert 5 < return_psnr(noisy, probe) < 40
 
 
 def test_shut_memory_cannot_know_the_landmark_and_open_memory_can() -> None:
