@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
@@ -67,6 +66,9 @@ class VideoModule(L.LightningModule):
         memory_oracle: a diagnostic: a focus target reads psi after only the segments that hold
             what it needs (`focus_memory`, a probe's prefix), as if psi had kept it perfectly, so
             what is measured is the read-in alone.
+        change_weight: weights the flow loss towards latent pixels that differ from the newest
+            frame the model sees (`rectified_flow.change_weights`; not in the paper); 0 weighs
+            every pixel alike.
         memory_recall: weight of an auxiliary loss asking psi to give back a segment that has
             left FramePack's history (`networks/memory_recall.py`, the Compressive Transformer's
             reconstruction loss; not in the paper); 0 leaves it out.
@@ -105,6 +107,7 @@ class VideoModule(L.LightningModule):
         memory_gate_init: float = 0.0,
         memory_oracle: bool = False,
         memory_recall: float = 0.0,
+        change_weight: float = 0.0,
         adapters: LoraAdapters | None = None,
     ) -> None:
         super().__init__()
@@ -114,7 +117,7 @@ class VideoModule(L.LightningModule):
             warmup_steps=warmup_steps, lr_schedule=lr_schedule, sample_steps=sample_steps,
             sample_shift=sample_shift, cfg_scale=cfg_scale, rollout_segments=rollout_segments,
             memory_guidance=memory_guidance, memory_focus=memory_focus, memory_lr_scale=memory_lr_scale,
-            memory_recall=memory_recall,
+            memory_recall=memory_recall, change_weight=change_weight,
         )  # fmt: skip
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
         # rebuilds the exact networks; outside the CLI the modules themselves are stored.
@@ -228,8 +231,17 @@ class VideoModule(L.LightningModule):
         eps = torch.randn(x.shape, generator=generator, device=t.device).to(x)
         x_t = rf.interpolate(x, eps, t)
         v = self.dit(x_t, t, segment_index, history, image, *text, memory=memory)
-        loss = F.mse_loss(v.float(), rf.target_velocity(x, eps).float())
-        return loss, x_t, t, v
+        error = (v.float() - rf.target_velocity(x, eps).float()).pow(2)
+        strength = self.hparams.get("change_weight", 0.0)
+        if strength == 0:
+            return error.mean(), x_t, t, v
+        # The latest frame the model sees: the newest history frame, the image for segment 0.
+        last = image
+        if history.shape[1]:
+            first = (segment_index == 0)[:, None, None, None, None]
+            last = torch.where(first, image, history[:, -1:])
+        weight = rf.change_weights(x, last, strength)
+        return (weight * error).mean() / weight.mean(), x_t, t, v
 
     def teacher_forcing_batch(
         self,

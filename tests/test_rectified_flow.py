@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lightning_modules import rectified_flow as rf
+from tests.helpers.tiny import perturb, tiny_batch, tiny_module, tiny_pack
 
 
 def test_interpolation_endpoints_follow_paper_convention() -> None:
@@ -68,3 +69,41 @@ def test_guidance_scale_one_is_conditional() -> None:
     c, u = torch.randn(5), torch.randn(5)
     torch.testing.assert_close(rf.guided(c, u, 1.0), c)
     torch.testing.assert_close(rf.guided(c, u, 3.0), u + 3 * (c - u))
+
+
+def test_change_weights_favour_what_moved_and_keep_the_mean_scale() -> None:
+    """Positions that differ from the last frame weigh more; a still segment weighs 1 everywhere
+    but where it changed; strength 0 is the plain loss."""
+    last = torch.zeros(2, 1, 3, 4, 4)
+    x = torch.zeros(2, 2, 3, 4, 4)
+    x[0, 1, :, 1, 2] = 1.0  # one position of one frame moved
+    w = rf.change_weights(x, last, strength=3.0)
+    assert w.shape == (2, 2, 1, 4, 4)
+    assert w[0, 1, 0, 1, 2] > 10 and (w.flatten()[w.flatten() < 2] == 1).all()
+    torch.testing.assert_close(w.mean(), torch.tensor(4.0))  # 1 + strength on average
+    torch.testing.assert_close(rf.change_weights(x, last, 0.0), torch.ones_like(w))
+
+
+def test_change_weight_compares_with_the_newest_frame_the_model_sees(monkeypatch) -> None:  # noqa: ANN001
+    """change_weight weighs each target position against the frame just before the segment:
+    the reference image for segment 0, else the true latent frame before it."""
+    module = tiny_module(tiny_pack(), change_weight=3.0)
+    perturb(module)
+    batch = tiny_batch(s=3, lengths=(3, 3, 3))
+    seen = {}
+    weights = rf.change_weights
+    monkeypatch.setattr(
+        rf, "change_weights", lambda x, last, s: seen.update(x=x, last=last) or weights(x, last, s)
+    )
+    gen = torch.Generator().manual_seed(0)
+    plain = tiny_module(tiny_pack(), change_weight=0.0)
+    plain.load_state_dict(module.state_dict())
+    seg = module.teacher_forcing_batch(batch, torch.Generator().manual_seed(0))[1]
+    assert set(seg.tolist()) > {0}, "the draw must mix first and later segments"
+    loss = module.teacher_forcing_loss(batch, generator=gen)
+    latents, frames = module.batch_latents(batch)
+    image = module.batch_image_latent(batch)
+    for b, i in enumerate(seg.tolist()):
+        expected = image[b] if i == 0 else latents[b, i * frames - 1 : i * frames]
+        torch.testing.assert_close(seen["last"][b], expected)
+    assert loss != plain.teacher_forcing_loss(batch, generator=torch.Generator().manual_seed(0))
