@@ -21,9 +21,10 @@ read-out): what it can give back must already be in psi.
 """
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+
+from lightning_modules.networks.semantic_pack import MultiHeadAttention, pad_to_patch
 
 
 class MemoryRecall(nn.Module):
@@ -58,18 +59,18 @@ class MemoryRecall(nn.Module):
         self.distance = nn.Embedding(max_distance + 1, width)
         self.norm_q = nn.LayerNorm(width)
         self.norm_kv = nn.LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attn = MultiHeadAttention(width, heads)
         self.out = nn.Linear(width, latent_channels * patch[0] * patch[1] * patch[2])
 
     def targets(self, segment: Tensor) -> Tensor:
         """A segment's latents [b, T, c, h, w] as Memorize patches [b, f', h', w', c pt ph pw]."""
         pt, ph, pw = self.patch
-        x = rearrange(segment, "b t c h w -> b c t h w")
-        pad = (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph, 0, -x.shape[-3] % pt)
-        if any(pad):  # replicate, as Memorize pads
-            x = F.pad(x, pad, mode="replicate")
         patches = rearrange(
-            x, "b c (f pt) (h ph) (w pw) -> b f h w (c pt ph pw)", pt=pt, ph=ph, pw=pw
+            pad_to_patch(segment, self.patch),
+            "b c (f pt) (h ph) (w pw) -> b f h w (c pt ph pw)",
+            pt=pt,
+            ph=ph,
+            pw=pw,
         )
         if any(n > m for n, m in zip(patches.shape[1:4], self.max_grid, strict=True)):
             raise ValueError(
@@ -89,9 +90,7 @@ class MemoryRecall(nn.Module):
         )
         d = self.distance(distance.clamp(0, self.max_distance))
         q = self.norm_q(rearrange(pos, "f h w d -> (f h w) d")[None] + d[:, None])
-        kv = self.norm_kv(psi)
-        out, _ = self.attn(q, kv, kv, need_weights=False)
-        return self.out(out)
+        return self.out(self.attn(q, self.norm_kv(psi)))
 
     def loss(
         self,

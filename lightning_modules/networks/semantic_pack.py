@@ -95,6 +95,15 @@ class AttentionPool(nn.Module):
         return slots + self.attn(slots, self.norm_kv(tokens))
 
 
+def pad_to_patch(latents: Tensor, patch: tuple[int, int, int]) -> Tensor:
+    """Latent frames [b, f, c, h, w] as [b, c, f, h, w], replicate-padded to multiples of the
+    (t, h, w) patch (also the memory-recall targets, `memory_recall.py`)."""
+    x = rearrange(latents, "b f c h w -> b c f h w")
+    pt, ph, pw = patch
+    pad = (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph, 0, -x.shape[-3] % pt)
+    return F.pad(x, pad, mode="replicate") if any(pad) else x
+
+
 class Memorize(nn.Module):
     """Memorize(x^n): windowed self-attention over a segment's latent tokens, reduced to m tokens.
 
@@ -139,12 +148,7 @@ class Memorize(nn.Module):
         Frames and grid are replicate-padded to multiples of the patch, as FramePack pads history
         (so the single reference frame fills a whole temporal patch).
         """
-        x = rearrange(latents, "b f c h w -> b c f h w")
-        pt, ph, pw = self.patch
-        pad = (0, -x.shape[-1] % pw, 0, -x.shape[-2] % ph, 0, -x.shape[-3] % pt)
-        if any(pad):
-            x = F.pad(x, pad, mode="replicate")
-        return patch_embed(self.embed, x)
+        return patch_embed(self.embed, pad_to_patch(latents, self.patch))
 
     def forward(self, segment: Tensor) -> Tensor:
         b, f = segment.shape[:2]
