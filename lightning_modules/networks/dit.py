@@ -25,7 +25,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_modules.networks.attention import attend, read_memory
+from lightning_modules.networks.attention import MemoryRead, attend, read_memory
 from lightning_modules.networks.backbone import Backbone, ContextMode
 from lightning_modules.networks.frame_pack import FramePackContext
 from lightning_modules.networks.gelu import GELUTanh
@@ -87,11 +87,14 @@ class Attention(nn.Module):
     at closed gates; tests/test_fast_paths.py checks open gates against the two-stream form).
     """
 
-    def __init__(self, width: int, heads: int, qk_norm: bool = True) -> None:
+    def __init__(
+        self, width: int, heads: int, qk_norm: bool = True, memory_read: MemoryRead = "softmax"
+    ) -> None:
         super().__init__()
         if width % heads:
             raise ValueError(f"width {width} is not divisible by heads {heads}")
         self.heads = heads
+        self.memory_read = memory_read
         self.qkv = nn.Linear(width, 3 * width)
         self.q_norm = nn.RMSNorm(width // heads) if qk_norm else nn.Identity()
         self.k_norm = nn.RMSNorm(width // heads) if qk_norm else nn.Identity()
@@ -130,7 +133,9 @@ class Attention(nn.Module):
         if self.memory_gate is None:
             raise ValueError("memory tokens were given but this DiT has no memory gates")
         k_psi, v_psi = k[:, :, n:], v[:, :, n:]
-        out = rearrange(read_memory(out, q_tok, k_psi, v_psi, self.memory_gate), merge)
+        out = rearrange(
+            read_memory(out, q_tok, k_psi, v_psi, self.memory_gate, self.memory_read), merge
+        )
         if memory_out:  # psi's own queries attend to the whole joint sequence
             out = torch.cat((out, rearrange(attend(q[:, :, n:], k, v), merge)), dim=1)
         return self.proj(out)
@@ -139,10 +144,17 @@ class Attention(nn.Module):
 class DiTBlock(nn.Module):
     """Pre-norm transformer block whose norms are modulated by c, residuals gated (adaLN-Zero)."""
 
-    def __init__(self, width: int, heads: int, mlp_ratio: float, qk_norm: bool = True) -> None:
+    def __init__(
+        self,
+        width: int,
+        heads: int,
+        mlp_ratio: float,
+        qk_norm: bool = True,
+        memory_read: MemoryRead = "softmax",
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.attn = Attention(width, heads, qk_norm)
+        self.attn = Attention(width, heads, qk_norm, memory_read)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), GELUTanh(), nn.Linear(hidden, width))
@@ -219,6 +231,8 @@ class VideoDiT(Backbone):
             across token borders, `OutputHead`).
         patch: latents per token side at 1x (FramePack: 2; its 2x and 4x kernels scale with it).
             1 gives 4x the tokens, each covering less than an object's motion in a segment.
+        memory_read: how tokens read psi (`attention.read_memory`): `softmax` (every token reads
+            a full mixture of psi's values) or `off_by_one` (a null key: a token may read nothing).
     """
 
     def __init__(
@@ -237,8 +251,11 @@ class VideoDiT(Backbone):
         grad_checkpointing: bool = False,
         head: Literal["linear", "smooth"] = "linear",
         patch: Literal[1, 2] = 2,
+        memory_read: MemoryRead = "softmax",
     ) -> None:
         super().__init__()
+        if memory_read not in ("softmax", "off_by_one"):
+            raise ValueError(f"unknown memory_read {memory_read!r}; expected softmax or off_by_one")
         if head not in ("linear", "smooth"):
             raise ValueError(f"unknown head {head!r}; expected 'linear' or 'smooth'")
         if patch not in (1, 2):
@@ -258,7 +275,7 @@ class VideoDiT(Backbone):
         self.text_pool = nn.Sequential(nn.SiLU(), nn.Linear(width, width))
         self.rope = Rope3D(width // heads, rope_theta)
         self.blocks = nn.ModuleList(
-            DiTBlock(width, heads, mlp_ratio, qk_norm) for _ in range(depth)
+            DiTBlock(width, heads, mlp_ratio, qk_norm, memory_read) for _ in range(depth)
         )
         smooth = latent_channels if head == "smooth" else 0
         self.head = OutputHead(width, latent_channels * math.prod(self.patch), smooth)

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.checkpoint import checkpoint
 
-from lightning_modules.networks.attention import attend, read_memory
+from lightning_modules.networks.attention import MemoryRead, attend, read_memory
 from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.frame_pack import check_frame_pack
 from lightning_modules.networks.rope import RopeLayout, frame_indices
@@ -80,7 +80,11 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 class GatedMemoryAttnProcessor:
     """HunyuanVideo's joint attention (diffusers `HunyuanVideoAttnProcessor2_0`) with per-sample
     RoPE and the zero-gated read of memory tokens; set on every dual- and single-stream block.
-    Tokens are [b, n, heads, d] as in diffusers; attention runs on [b, heads, n, d]."""
+    Tokens are [b, n, heads, d] as in diffusers; attention runs on [b, heads, n, d].
+    `memory_read`: `attention.read_memory`'s `read` (softmax or off_by_one)."""
+
+    def __init__(self, memory_read: MemoryRead = "softmax") -> None:
+        self.memory_read = memory_read
 
     def __call__(
         self,
@@ -118,7 +122,9 @@ class GatedMemoryAttnProcessor:
         video, text = out[:, :, :n_video], out[:, :, n_video:]
         if rope.memory is not None:
             km, vm = self.memory_keys(attn, rope.memory.to(q_video.dtype))
-            video = read_memory(video, hnd(q_video), hnd(km), hnd(vm), attn.memory_gate)
+            video = read_memory(
+                video, hnd(q_video), hnd(km), hnd(vm), attn.memory_gate, self.memory_read
+            )
         video, text = hnd(video).flatten(2, 3), hnd(text).flatten(2, 3)
         if dual:
             video = attn.to_out[1](attn.to_out[0](video))
@@ -154,6 +160,8 @@ class FramePackBackbone(Backbone):
         distilled_guidance: the guidance-embedder input (FramePack uses 10).
         grad_checkpointing: recompute each block in backward (activation checkpointing).
         dtype: weights' dtype (float32 master weights under bf16-mixed training).
+        memory_read: how video tokens read psi (`attention.read_memory`): `softmax` or
+            `off_by_one` (a null key, so a token may read nothing).
     """
 
     def __init__(
@@ -178,9 +186,12 @@ class FramePackBackbone(Backbone):
         distilled_guidance: float = 10.0,
         grad_checkpointing: bool = False,
         dtype: DType = "float32",
+        memory_read: MemoryRead = "softmax",
     ) -> None:
         super().__init__()
         n1, n2, n4 = check_frame_pack(frame_pack)
+        if memory_read not in ("softmax", "off_by_one"):
+            raise ValueError(f"unknown memory_read {memory_read!r}; expected softmax or off_by_one")
         if rope_layout not in ("absolute", "relative"):
             raise ValueError(f"unknown rope layout {rope_layout!r}; expected absolute or relative")
         arch = {
@@ -224,7 +235,7 @@ class FramePackBackbone(Backbone):
         self.latent_channels = in_channels
         self.width = num_attention_heads * attention_head_dim
         self.text_dim = text_embed_dim
-        processor = GatedMemoryAttnProcessor()
+        processor = GatedMemoryAttnProcessor(memory_read)
         for block in self.blocks:
             block.attn.set_processor(processor)
 
