@@ -140,6 +140,26 @@ def f1_inputs(b: int = 2, frames: int = 2, seed: int = 0) -> dict[str, torch.Ten
     }  # fmt: skip
 
 
+def test_off_by_one_read_reaches_every_block(tiny_pretrained: Path) -> None:
+    """`memory_read` is set on every block's processor: with the same weights and open gates the
+    two reads differ, and with the gates shut both leave the pretrained output as it was."""
+    folder = str(tiny_pretrained / "framepack")
+    soft = FramePackBackbone(folder, **SMALL_DIT).eval()
+    null = FramePackBackbone(folder, **SMALL_DIT, memory_read="off_by_one").eval()
+    assert {b.attn.processor.memory_read for b in null.blocks} == {"off_by_one"}
+    x, psi = f1_inputs(), torch.randn(2, 4, soft.width)
+    with torch.no_grad():
+        plain = soft(**x)
+        for backbone in (soft, null):
+            backbone.enable_memory()
+            assert torch.equal(backbone(**x, memory=psi), plain)
+            for block in backbone.blocks:
+                block.attn.memory_gate.fill_(0.5)
+        assert not torch.allclose(null(**x, memory=psi), soft(**x, memory=psi))
+    with pytest.raises(ValueError, match="unknown memory_read 'hard'"):
+        FramePackBackbone(folder, **SMALL_DIT, memory_read="hard")
+
+
 def test_relative_layout_reproduces_diffusers_framepack_f1(backbone: FramePackBackbone) -> None:
     """With F1's own RoPE layout the adapter computes exactly diffusers' FramePack-F1 forward."""
     backbone.rope_layout = "relative"

@@ -308,6 +308,8 @@ def test_cli_configs_switch_semantic_pack(tmp_path: Path) -> None:
     assert pack.update == "gated" and pack.memory_bptt is None and pack.memory_checkpoint
     assert memory.hparams.memory_focus == 1.0 and memory.hparams.memory_lr_scale == 10.0
     assert all(float(g.min()) == 1.0 for g in memory.memory_gates())
+    assert {b.attn.memory_read for b in memory.dit.blocks} == {"off_by_one"}
+    assert memory.hparams.memory_guidance == 2.0
 
 
 def test_mismatched_width_raises_clear_error() -> None:
