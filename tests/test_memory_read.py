@@ -24,7 +24,7 @@ def test_off_by_one_is_the_softmax_with_one_zero_logit_and_zero_value() -> None:
     for read, null in (("softmax", False), ("off_by_one", True)):
         want = out + reference_read(q, k, v, gate, null)
         torch.testing.assert_close(read_memory(out, q, k, v, gate, read), want)
-    with pytest.raises(ValueError, match="unknown memory read 'sparse'"):
+    with pytest.raises(ValueError, match="unknown memory_read 'sparse'"):
         read_memory(out, q, k, v, gate, "sparse")
 
 

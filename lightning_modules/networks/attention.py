@@ -15,6 +15,12 @@ from torch import Tensor
 MemoryRead = Literal["softmax", "off_by_one"]
 
 
+def check_memory_read(read: str) -> None:
+    """Raise unless `read` is a `MemoryRead` (both backbones check it when built)."""
+    if read not in ("softmax", "off_by_one"):
+        raise ValueError(f"unknown memory_read {read!r}; expected softmax or off_by_one")
+
+
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
     """softmax(q k^T / sqrt(d)) v for q [b, h, n_q, d], k, v [b, h, n_k, d]; `mask` (bool,
     broadcast to [b, h, n_q, n_k]) marks the keys each query may read."""
@@ -42,9 +48,8 @@ def read_memory(
     and a zero value (softmax off by one, Miller 2023: exp(s_j) / (1 + sum_i exp(s_i))), so each
     token decides how much it reads, down to nothing.
     """
+    check_memory_read(read)
     if read == "off_by_one":
         null = k_psi.new_zeros(*k_psi.shape[:-2], 1, k_psi.shape[-1])
         k_psi, v_psi = torch.cat((null, k_psi), dim=-2), torch.cat((null, v_psi), dim=-2)
-    elif read != "softmax":
-        raise ValueError(f"unknown memory read {read!r}; expected 'softmax' or 'off_by_one'")
     return out + gate[:, None, None] * attend(q, k_psi, v_psi)

@@ -25,7 +25,12 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from lightning_modules.networks.attention import MemoryRead, attend, read_memory
+from lightning_modules.networks.attention import (
+    MemoryRead,
+    attend,
+    check_memory_read,
+    read_memory,
+)
 from lightning_modules.networks.backbone import Backbone, ContextMode
 from lightning_modules.networks.frame_pack import FramePackContext
 from lightning_modules.networks.gelu import GELUTanh
@@ -254,8 +259,7 @@ class VideoDiT(Backbone):
         memory_read: MemoryRead = "softmax",
     ) -> None:
         super().__init__()
-        if memory_read not in ("softmax", "off_by_one"):
-            raise ValueError(f"unknown memory_read {memory_read!r}; expected softmax or off_by_one")
+        check_memory_read(memory_read)
         if head not in ("linear", "smooth"):
             raise ValueError(f"unknown head {head!r}; expected 'linear' or 'smooth'")
         if patch not in (1, 2):

@@ -37,7 +37,12 @@ from torch import Tensor, nn
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils.checkpoint import checkpoint
 
-from lightning_modules.networks.attention import MemoryRead, attend, read_memory
+from lightning_modules.networks.attention import (
+    MemoryRead,
+    attend,
+    check_memory_read,
+    read_memory,
+)
 from lightning_modules.networks.backbone import Backbone
 from lightning_modules.networks.frame_pack import check_frame_pack
 from lightning_modules.networks.rope import RopeLayout, frame_indices
@@ -190,8 +195,7 @@ class FramePackBackbone(Backbone):
     ) -> None:
         super().__init__()
         n1, n2, n4 = check_frame_pack(frame_pack)
-        if memory_read not in ("softmax", "off_by_one"):
-            raise ValueError(f"unknown memory_read {memory_read!r}; expected softmax or off_by_one")
+        check_memory_read(memory_read)
         if rope_layout not in ("absolute", "relative"):
             raise ValueError(f"unknown rope layout {rope_layout!r}; expected absolute or relative")
         arch = {
