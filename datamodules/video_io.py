@@ -24,13 +24,27 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "VideoProbe", "as_stored", "probe_video", "read_video", "resampled_length", "write_video",
+    "VideoProbe", "as_stored", "from_rgb", "probe_video", "read_video", "resampled_length", "to_rgb",
+    "write_video",
 ]  # fmt: skip
 
 # Frames are resized in chunks so a long high-resolution clip never needs all float frames at once.
 _RESIZE_CHUNK = 32
 # Tolerance for float fps ratios such as 8.0 / 8.0 that should give an exact frame count.
 _EPS = 1e-6
+
+
+# Pixel-format conversions (swscale) run on one thread: since PyAV 17 they split a frame across
+# threads by default, and a stored video must not depend on how threads were scheduled
+# (`tests/test_data.py` stores one render 100 times and expects one video).
+def to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as uint8 [h, w, 3] RGB, reproducibly."""
+    return frame.to_ndarray(format="rgb24", threads=1)
+
+
+def from_rgb(image: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """uint8 [h, w, 3] RGB as a frame in the encoder's `pix_fmt`, reproducibly."""
+    return av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format=pix_fmt, threads=1)
 
 
 def _open_video(path: Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
@@ -177,7 +191,7 @@ def read_video(
     try:
         native = _native_fps(stream, path)
         for frame in container.decode(stream):
-            arrays.append(frame.to_ndarray(format="rgb24"))
+            arrays.append(to_rgb(frame))
             times.append(frame.time)
             if frame.duration and frame.time_base is not None:
                 last_length = float(frame.duration * frame.time_base)
@@ -257,9 +271,11 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float, *, crf: int 
             stream.width, stream.height = width, height
             even = height % 2 == 0 and width % 2 == 0
             stream.pix_fmt = "yuv420p" if even else "yuv444p"
-            # Single-threaded x264: threaded encoding is not bit-reproducible (clips here are small).
-            threads = "threads=1:lookahead-threads=1:sliced-threads=0"
-            stream.options = {"crf": str(crf), "preset": "medium", "x264-params": threads}
+            # Single-threaded x264 without its assembly: threaded encoding is not bit-reproducible,
+            # and on PyAV 18.1 the SIMD code encoded a 16-frame 32 x 32 clip differently in about
+            # 1 call in 20 (the C code is 3x slower: 43 ms for 32 such frames; clips here are small).
+            params = "threads=1:lookahead-threads=1:sliced-threads=0:asm=0"
+            stream.options = {"crf": str(crf), "preset": "medium", "x264-params": params}
         else:
             stream = container.add_stream("mpeg4", rate=_to_fraction(fps))
             stream.width, stream.height = width, height
@@ -268,8 +284,7 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float, *, crf: int 
             stream.bit_rate = max(1_000_000, int(8 * height * width * fps))
         stream.codec_context.thread_count = 1
         for image in array:
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            container.mux(stream.encode(frame.reformat(format=stream.pix_fmt)))
+            container.mux(stream.encode(from_rgb(image, stream.pix_fmt)))
         container.mux(stream.encode())  # flush delayed (B-)frames
     except av.FFmpegError as err:
         raise RuntimeError(f"cannot encode video {path}: {err}") from err

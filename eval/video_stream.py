@@ -17,7 +17,13 @@ import av
 import numpy as np
 import torch
 
-from datamodules.video_io import _native_fps, _open_video, _resize_cover_crop, resampled_length
+from datamodules.video_io import (
+    _native_fps,
+    _open_video,
+    _resize_cover_crop,
+    resampled_length,
+    to_rgb,
+)
 from eval.preprocess import MAX_BATCH_PIXELS
 
 __all__ = ["iter_video_chunks"]
@@ -38,7 +44,7 @@ def _decoded(path: Path) -> Iterator[tuple[np.ndarray, float | None, float | Non
             length = None
             if frame.duration and frame.time_base is not None:
                 length = float(frame.duration * frame.time_base)
-            yield frame.to_ndarray(format="rgb24"), frame.time, length, native
+            yield to_rgb(frame), frame.time, length, native
     except av.FFmpegError as err:
         raise RuntimeError(f"cannot decode video {path}: {err}") from err
     finally:
