@@ -1,6 +1,6 @@
 """Long-rollout evaluation (paper Sec. 4.2) during training: VBench-style metrics + Eq. 8 drift.
 
-Every `every_n_epochs` validation epochs (and at `test`) the held-out videos are rolled out at
+Every `every_n_epochs` validation epochs, at the last one and at `test`, the held-out videos are rolled out at
 several lengths (segments); `eval/rollout.py` scores them, their ground truth and the memory probe
 (and documents the metrics and the DDP / FSDP sharding). This callback chooses when and logs
 `eval/<length>/<metric>`, `eval/<length>/ground_truth/...`, `eval/probe/<key>` and a Tab. 1-style
@@ -60,8 +60,11 @@ class RolloutEvalCallback(L.Callback):
         self.curves: dict[str, dict[str, list[float]]] = {}
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Every `every_n_epochs` epochs (not during the sanity check)."""
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        """Every `every_n_epochs` epochs and at the last epoch of `max_epochs` (so a config that
+        shortens the demo still ends with one evaluation); never during the sanity check."""
+        epoch = trainer.current_epoch + 1
+        last = trainer.max_epochs is not None and epoch == trainer.max_epochs
+        if trainer.sanity_checking or (epoch % self.every_n_epochs and not last):
             return
         self.evaluate(trainer, pl_module, stage="val")
 

@@ -246,6 +246,21 @@ def test_callback_skips_without_val_set(tmp_path: Path) -> None:
     assert module.generate_calls == 0
 
 
+def test_callback_fires_every_n_epochs_and_at_the_last_epoch(tmp_path: Path) -> None:
+    """every_n_epochs=2 over 3 epochs: after epoch 2 and after epoch 3, the last (a config that
+    trains fewer epochs than the evaluation's period still ends with one evaluation)."""
+    callback = RolloutEvalCallback(lengths={"short": 1}, every_n_epochs=2, num_videos=1,
+                                   backends={"subject": "pixel"}, output_dir=str(tmp_path))  # fmt: skip
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=3, limit_train_batches=1, limit_val_batches=1,
+        num_sanity_val_steps=0, logger=False, callbacks=[callback], enable_checkpointing=False,
+        enable_progress_bar=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    module = _FakeVideoModule()
+    trainer.fit(module, datamodule=_FakeDataModule())
+    assert module.generate_calls == 2  # 1 video x 1 length, at epochs 2 and 3, not at epoch 1
+
+
 def test_callback_rejects_bad_lengths() -> None:
     with pytest.raises(ValueError, match="lengths"):
         RolloutEvalCallback(lengths={"short": 0})
