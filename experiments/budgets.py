@@ -106,7 +106,7 @@ BUDGETS: dict[str, Budget] = {
         model_overrides=_SMOKE_SIZES,
     ),
     # 2-core CPU (--jobs 2), <= 60 minutes for everything: the shipped model and data, stage 1
-    # for 1000 of the demo's 4320 steps (a run trains and evaluates in about 4 minutes on one
+    # for 1000 of the demo's 4032 steps (a run trains and evaluates in about 4 minutes on one
     # core), stage 2 as shipped (150 videos).
     "demo": Budget(
         seeds=(0, 1, 2),
