@@ -1,11 +1,12 @@
 """Long-rollout evaluation (paper Sec. 4.2) during training: VBench-style metrics + Eq. 8 drift.
 
-Every `every_n_epochs` validation epochs, at the last one and at `test`, the held-out videos are rolled out at
-several lengths (segments); `eval/rollout.py` scores them, their ground truth and the memory probe
-(and documents the metrics and the DDP / FSDP sharding). This callback chooses when and logs
-`eval/<length>/<metric>`, `eval/<length>/ground_truth/...`, `eval/probe/<key>` and a Tab. 1-style
-table; curves, videos, file names and the progress bar are `callbacks/rollout_logging.py`'s.
-`results` and `curves` keep the last evaluation's numbers (`experiments/reproduce.py` reads them).
+Every `every_n_epochs` validation epochs, at the last epoch of `max_epochs` and at `test`, the
+held-out videos are rolled out at several lengths (segments); `eval/rollout.py` scores them, their
+ground truth and the memory probe (and documents the metrics and the DDP / FSDP sharding). This
+callback chooses when and logs `eval/<length>/<metric>`, `eval/<length>/ground_truth/...`,
+`eval/probe/<key>` and a Tab. 1-style table; curves, videos, file names and the progress bar are
+`callbacks/rollout_logging.py`'s. `results` and `curves` keep the last evaluation's numbers
+(`experiments/reproduce.py` reads them).
 """
 
 from __future__ import annotations
