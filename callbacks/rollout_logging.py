@@ -21,7 +21,7 @@ __all__ = ["beside", "evaluation_tag", "log_curves", "progress_bar", "video_writ
 
 
 def evaluation_tag(trainer: L.Trainer, stage: str, step: int, out_dir: Path) -> str:
-    """`val_step0002880`; outside fit the checkpoint's run is named too; `-2`, `-3`, ... when
+    """`val_step0004032`; outside fit the checkpoint's run is named too; `-2`, `-3`, ... when
     an evaluation of the same name is already in `out_dir`."""
     run = "" if stage == "val" else f"{run_label(trainer.ckpt_path)}_"
     tag = base = f"{stage}_{run}step{step:07d}"
