@@ -24,14 +24,20 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "VideoProbe", "as_stored", "from_rgb", "probe_video", "read_video", "resampled_length", "to_rgb",
-    "write_video",
+    "X264_PARAMS", "VideoProbe", "as_stored", "from_rgb", "probe_video", "read_video",
+    "resampled_length", "to_rgb", "write_video",
 ]  # fmt: skip
 
 # Frames are resized in chunks so a long high-resolution clip never needs all float frames at once.
 _RESIZE_CHUNK = 32
 # Tolerance for float fps ratios such as 8.0 / 8.0 that should give an exact frame count.
 _EPS = 1e-6
+
+
+# x264 on one thread, without lookahead threads and without its assembly: threaded encoding is not
+# bit-reproducible, and on PyAV 18.1 the SIMD code encoded a 16-frame 32 x 32 clip differently in
+# about 1 call in 20 (the C code is 3x slower: 43 ms for 32 such frames; clips here are small).
+X264_PARAMS = "threads=1:lookahead-threads=1:sliced-threads=0:asm=0"
 
 
 # Pixel-format conversions (swscale) run on one thread: since PyAV 17 they split a frame across
@@ -271,11 +277,7 @@ def write_video(path: str | Path, frames: torch.Tensor, fps: float, *, crf: int 
             stream.width, stream.height = width, height
             even = height % 2 == 0 and width % 2 == 0
             stream.pix_fmt = "yuv420p" if even else "yuv444p"
-            # Single-threaded x264 without its assembly: threaded encoding is not bit-reproducible,
-            # and on PyAV 18.1 the SIMD code encoded a 16-frame 32 x 32 clip differently in about
-            # 1 call in 20 (the C code is 3x slower: 43 ms for 32 such frames; clips here are small).
-            params = "threads=1:lookahead-threads=1:sliced-threads=0:asm=0"
-            stream.options = {"crf": str(crf), "preset": "medium", "x264-params": params}
+            stream.options = {"crf": str(crf), "preset": "medium", "x264-params": X264_PARAMS}
         else:
             stream = container.add_stream("mpeg4", rate=_to_fraction(fps))
             stream.width, stream.height = width, height

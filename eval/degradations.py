@@ -83,7 +83,7 @@ def h264(video: torch.Tensor, crf: float, seed: int = 0) -> torch.Tensor:
         raise ValueError(f"h264: crf must be in 0..51, got {crf!r}")
     import av
 
-    from datamodules.video_io import from_rgb, to_rgb
+    from datamodules.video_io import X264_PARAMS, from_rgb, to_rgb
 
     if "libx264" not in av.codecs_available:
         raise RuntimeError("h264: this PyAV build has no libx264 encoder")
@@ -93,10 +93,9 @@ def h264(video: torch.Tensor, crf: float, seed: int = 0) -> torch.Tensor:
         stream = container.add_stream("libx264", rate=8)
         stream.width, stream.height = width, height
         stream.pix_fmt = "yuv444p"  # any size, and chroma is degraded by the codec, not by 4:2:0
-        # One thread, no lookahead threads and no assembly: bit-identical output run to run. With
-        # its SIMD code, x264 encoded a 32 x 32 4:4:4 clip differently in a few calls in a hundred.
-        params = "threads=1:lookahead-threads=1:sliced-threads=0:asm=0"
-        stream.options = {"crf": str(int(crf)), "preset": "medium", "x264-params": params}
+        # The stored videos' reproducible x264 settings (its SIMD code also changed these 4:4:4
+        # clips in a few calls in a hundred).
+        stream.options = {"crf": str(int(crf)), "preset": "medium", "x264-params": X264_PARAMS}
         stream.codec_context.thread_count = 1
         for frame in _hwc(video):
             container.mux(stream.encode(from_rgb(frame, stream.pix_fmt)))
