@@ -120,3 +120,22 @@ def change_weights(x: Tensor, last: Tensor, strength: float) -> Tensor:
     """
     d = (x - last).abs().mean(dim=2, keepdim=True)
     return 1 + strength * d / d.mean().clamp(min=1e-8)
+
+
+def noised_context(
+    latents: Tensor, max_noise: float, generator: torch.Generator | None = None
+) -> Tensor:
+    """Context latents [b, ...] moved back along the flow by a random noise level per video:
+    t * latents + (1 - t) eps with 1 - t ~ U(0, max_noise) (Eq. 3 at t near 1).
+
+    Training a segment on slightly noised history teaches the model not to copy the fine detail
+    of what it conditions on; at sampling that history is the model's own output, whose seams
+    and blur would otherwise be copied forward and grow (the noise augmentation of GameNGen,
+    Valevski et al. 2024; not in the paper). max_noise 0 returns the latents unchanged.
+    """
+    if max_noise == 0:
+        return latents
+    device = generator.device if generator is not None else latents.device
+    level = max_noise * torch.rand(latents.shape[0], generator=generator, device=device)
+    eps = torch.randn(latents.shape, generator=generator, device=device)
+    return interpolate(latents, eps.to(latents), 1 - level.to(latents.device))

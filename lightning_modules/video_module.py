@@ -69,6 +69,10 @@ class VideoModule(L.LightningModule):
         change_weight: weights the flow loss towards latent pixels that differ from the newest
             frame the model sees (`rectified_flow.change_weights`; not in the paper); 0 weighs
             every pixel alike.
+        history_noise: stage 1 trains each segment on history (and SemanticPack inputs) noised
+            to a level drawn per video from U(0, history_noise) (`rf.noised_context`; not in the
+            paper), so the model learns not to copy the detail of a context that, at sampling,
+            is its own output; 0 trains on the clean history as the paper does.
         memory_recall: weight of an auxiliary loss asking psi to give back a segment that has
             left FramePack's history (`networks/memory_recall.py`, the Compressive Transformer's
             reconstruction loss; not in the paper); 0 leaves it out.
@@ -108,6 +112,7 @@ class VideoModule(L.LightningModule):
         memory_oracle: bool = False,
         memory_recall: float = 0.0,
         change_weight: float = 0.0,
+        history_noise: float = 0.0,
         adapters: LoraAdapters | None = None,
     ) -> None:
         super().__init__()
@@ -117,7 +122,7 @@ class VideoModule(L.LightningModule):
             warmup_steps=warmup_steps, lr_schedule=lr_schedule, sample_steps=sample_steps,
             sample_shift=sample_shift, cfg_scale=cfg_scale, rollout_segments=rollout_segments,
             memory_guidance=memory_guidance, memory_focus=memory_focus, memory_lr_scale=memory_lr_scale,
-            memory_recall=memory_recall, change_weight=change_weight,
+            memory_recall=memory_recall, change_weight=change_weight, history_noise=history_noise,
         )  # fmt: skip
         # Under LightningCLI this stores the nested class_path configs, so load_from_checkpoint
         # rebuilds the exact networks; outside the CLI the modules themselves are stored.
@@ -291,12 +296,13 @@ class VideoModule(L.LightningModule):
             focus = batch["focus_segment"].to(seg.device)
             source = batch["focus_memory"].to(seg.device)
             memory_index = torch.where((seg == focus) & (source >= 0), source, seg)
+        latents, frames = encoded  # the target x is clean; its context may be noised
+        seen = rf.noised_context(latents, self.hparams.get("history_noise", 0.0), generator)
         context = MemoryPack.teacher_forced(
-            self.dit, self.semantic_pack, *encoded, seg, text, image, memory_index
+            self.dit, self.semantic_pack, seen, frames, seg, text, image, memory_index
         )
         loss, *_ = self.flow_loss(x, seg, context.history, image, text, context.memory, generator)
         if self.memory_recall is not None:
-            latents, frames = encoded
             n = max(int(seg.max()), 1)
             segments = rearrange(latents[:, : n * frames], "b (s t) c h w -> b s t c h w", t=frames)
             until = seg if memory_index is None else memory_index

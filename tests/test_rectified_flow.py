@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from lightning_modules import rectified_flow as rf
+from lightning_modules.memory_pack import MemoryPack
 from tests.helpers.tiny import perturb, tiny_batch, tiny_module, tiny_pack
 
 
@@ -107,3 +108,42 @@ def test_change_weight_compares_with_the_newest_frame_the_model_sees(monkeypatch
         expected = image[b] if i == 0 else latents[b, i * frames - 1 : i * frames]
         torch.testing.assert_close(seen["last"][b], expected)
     assert loss != plain.teacher_forcing_loss(batch, generator=torch.Generator().manual_seed(0))
+
+
+def test_noised_context_moves_each_video_back_along_the_flow_by_at_most_max_noise() -> None:
+    """out = (1 - l) x + l eps with one level l ~ U(0, max_noise) per video; 0 is the identity."""
+    x = torch.randn(64, 2, 3, 4, 4)
+    assert rf.noised_context(x, 0.0) is x
+    out = rf.noised_context(x, 0.3, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    level = 0.3 * torch.rand(64, generator=gen)
+    eps = torch.randn(x.shape, generator=gen)
+    torch.testing.assert_close(out, rf.interpolate(x, eps, 1 - level))
+    assert 0 < level.min() and level.max() <= 0.3 and level.std() > 0.05  # per video, spread
+
+
+def test_history_noise_noises_the_context_and_never_the_target(monkeypatch) -> None:  # noqa: ANN001
+    """With history_noise the history and SemanticPack's segments are noised, the segment the
+    loss regresses is the clean one; without it the context is the true latents exactly."""
+    batch = tiny_batch(s=3, lengths=(3, 3, 3))
+    seen = {}
+    forced = MemoryPack.teacher_forced
+    monkeypatch.setattr(
+        MemoryPack, "teacher_forced",
+        lambda dit, pack, latents, *a: seen.update(context=latents) or forced(dit, pack, latents, *a),
+    )  # fmt: skip
+    for noise in (0.0, 0.5):
+        module = tiny_module(tiny_pack(), history_noise=noise)
+        flow_loss = module.flow_loss
+        monkeypatch.setattr(
+            module, "flow_loss", lambda x, *a, f=flow_loss: seen.update(x=x) or f(x, *a)
+        )  # fmt: skip
+        module.teacher_forcing_loss(batch, generator=torch.Generator().manual_seed(0))
+        latents, _ = module.batch_latents(batch)
+        target, _ = module.teacher_forcing_batch(batch, torch.Generator().manual_seed(0))
+        torch.testing.assert_close(seen["x"], target)  # the target is clean
+        change = (seen["context"] - latents).flatten(1).norm(dim=1)
+        if noise == 0:
+            assert torch.equal(seen["context"], latents)
+        else:
+            assert (change > 0.01 * latents.flatten(1).norm(dim=1)).all(), change

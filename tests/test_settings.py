@@ -20,6 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
         ({"lr": 0.0}, "lr=0.0 (must be > 0)"),
         ({"prompt_dropout": 1.5}, "prompt_dropout=1.5 (must be in [0, 1])"),
         ({"lr_schedule": "linear"}, "lr_schedule='linear' (must be constant or cosine)"),
+        ({"history_noise": 1.5}, "history_noise=1.5 (must be in [0, 1])"),
     ],
 )
 def test_bad_settings_are_refused_by_name_and_value(setting: dict, message: str) -> None:

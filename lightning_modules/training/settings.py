@@ -33,6 +33,7 @@ def check_settings(**settings: Any) -> None:
         "memory_recall": (lambda v: v >= 0, ">= 0"),
         "memory_guidance": (lambda v: v >= 0, ">= 0"),
         "change_weight": (lambda v: v >= 0, ">= 0"),
+        "history_noise": (lambda v: 0 <= v <= 1, "in [0, 1]"),
     }  # fmt: skip
     bad = [f"{name}={settings[name]!r} (must be {rule})"
            for name, (ok, rule) in rules.items() if name in settings and not ok(settings[name])]  # fmt: skip
