@@ -128,10 +128,10 @@ def noised_context(
     """Context latents [b, ...] moved back along the flow by a random noise level per video:
     t * latents + (1 - t) eps with 1 - t ~ U(0, max_noise) (Eq. 3 at t near 1).
 
-    Training a segment on slightly noised history teaches the model not to copy the fine detail
-    of what it conditions on; at sampling that history is the model's own output, whose seams
-    and blur would otherwise be copied forward and grow (the noise augmentation of GameNGen,
-    Valevski et al. 2024; not in the paper). max_noise 0 returns the latents unchanged.
+    Training a segment on slightly noised history is meant to keep the model from copying the
+    fine detail of what it conditions on: at sampling that history is the model's own output,
+    seams and blur included (the noise augmentation of GameNGen, Valevski et al. 2024; not in
+    the paper). max_noise 0 returns the latents unchanged.
     """
     if max_noise == 0:
         return latents

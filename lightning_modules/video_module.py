@@ -71,8 +71,9 @@ class VideoModule(L.LightningModule):
             every pixel alike.
         history_noise: stage 1 trains each segment on history (and SemanticPack inputs) noised
             to a level drawn per video from U(0, history_noise) (`rf.noised_context`; not in the
-            paper), so the model learns not to copy the detail of a context that, at sampling,
-            is its own output; 0 trains on the clean history as the paper does.
+            paper), meant to keep the model from copying the detail of a context that, at
+            sampling, is its own output; 0 trains on the clean history as the paper does (on the
+            demo 0.1 and 0.3 cost every figure: README, "Why it does not move yet").
         memory_recall: weight of an auxiliary loss asking psi to give back a segment that has
             left FramePack's history (`networks/memory_recall.py`, the Compressive Transformer's
             reconstruction loss; not in the paper); 0 leaves it out.
@@ -285,8 +286,13 @@ class VideoModule(L.LightningModule):
         batch: dict[str, Any],
         prompt_dropout: float = 0.0,
         generator: torch.Generator | None = None,
+        history_noise: float = 0.0,
     ) -> Tensor:
-        """Stage-1 loss of a batch: one segment per video, true history, teacher-forced psi."""
+        """Stage-1 loss of a batch: one segment per video, true history, teacher-forced psi.
+
+        Training passes its `prompt_dropout` and `history_noise`; validation scores the paper's
+        objective (no dropout, clean history), so val/loss compares runs that train either way.
+        """
         encoded = self.batch_latents(batch)
         x, seg = self.teacher_forcing_batch(batch, generator, encoded)
         image = self.batch_image_latent(batch)
@@ -297,7 +303,7 @@ class VideoModule(L.LightningModule):
             source = batch["focus_memory"].to(seg.device)
             memory_index = torch.where((seg == focus) & (source >= 0), source, seg)
         latents, frames = encoded  # the target x is clean; its context may be noised
-        seen = rf.noised_context(latents, self.hparams.get("history_noise", 0.0), generator)
+        seen = rf.noised_context(latents, history_noise, generator)
         context = MemoryPack.teacher_forced(
             self.dit, self.semantic_pack, seen, frames, seg, text, image, memory_index
         )
@@ -316,7 +322,8 @@ class VideoModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any] | None, batch_idx: int) -> Tensor | None:
         if batch is None:  # every video of the batch failed to decode (already warned + counted)
             return None
-        loss = self.teacher_forcing_loss(batch, self.hparams.prompt_dropout)
+        noise = self.hparams.get("history_noise", 0.0)
+        loss = self.teacher_forcing_loss(batch, self.hparams.prompt_dropout, history_noise=noise)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["caption"]))
         self._log_skipped()
         return loss

@@ -133,12 +133,13 @@ def test_history_noise_noises_the_context_and_never_the_target(monkeypatch) -> N
         lambda dit, pack, latents, *a: seen.update(context=latents) or forced(dit, pack, latents, *a),
     )  # fmt: skip
     for noise in (0.0, 0.5):
-        module = tiny_module(tiny_pack(), history_noise=noise)
+        module = tiny_module(tiny_pack())
         flow_loss = module.flow_loss
         monkeypatch.setattr(
             module, "flow_loss", lambda x, *a, f=flow_loss: seen.update(x=x) or f(x, *a)
         )  # fmt: skip
-        module.teacher_forcing_loss(batch, generator=torch.Generator().manual_seed(0))
+        gen = torch.Generator().manual_seed(0)
+        module.teacher_forcing_loss(batch, generator=gen, history_noise=noise)
         latents, _ = module.batch_latents(batch)
         target, _ = module.teacher_forcing_batch(batch, torch.Generator().manual_seed(0))
         torch.testing.assert_close(seen["x"], target)  # the target is clean
@@ -147,3 +148,19 @@ def test_history_noise_noises_the_context_and_never_the_target(monkeypatch) -> N
             assert torch.equal(seen["context"], latents)
         else:
             assert (change > 0.01 * latents.flatten(1).norm(dim=1)).all(), change
+
+
+def test_training_noises_the_history_and_validation_does_not(monkeypatch) -> None:  # noqa: ANN001
+    """training_step passes the model's history_noise; validation scores the clean objective."""
+    module = tiny_module(tiny_pack(), history_noise=0.3)
+    calls = []
+    monkeypatch.setattr(
+        module, "teacher_forcing_loss", lambda *a, **k: calls.append(k) or torch.tensor(0.0)
+    )  # fmt: skip
+    monkeypatch.setattr(module, "log", lambda *a, **k: None)
+    monkeypatch.setattr(module, "_log_skipped", lambda: None)
+    batch = tiny_batch(s=3, lengths=(3, 3, 3))
+    module.training_step(batch, 0)
+    module.validation_step(batch, 0)
+    assert calls[0]["history_noise"] == 0.3
+    assert calls[1].get("history_noise", 0.0) == 0.0
