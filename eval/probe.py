@@ -24,6 +24,10 @@ in the return frames where it is fully uncovered:
 - `memory_oracle_psi` (models with SemanticPack): psi stops updating after the prefix
   (`generate(memory_until=prefix)`), so it holds the landmark as well as psi ever can: what the
   DiT reads from a perfect memory (the read-in alone).
+- `memory_first_return`, `memory_oracle_psi_first_return`: `memory` and `memory_oracle_psi`
+  scored on the first return segment's frames only (NaN when the shutter is not fully open before
+  it ends): where psi is read. The next return segments have the landmark in their own history,
+  so there a model only has to carry forward what it painted.
 
 By default the gap is TRUE (`gap="true"`): every frame up to the return is real, so FramePack's
 history holds no frame of the landmark, the model's own rollout quality does not enter, and only
@@ -76,14 +80,19 @@ PROBE_KEYS = (
     "memory_gates_shut",
     "colour_error_gates_shut",
     "memory_oracle_psi",
+    "memory_first_return",
+    "memory_oracle_psi_first_return",
     "return_psnr",
     "return_psnr_gates_shut",
 )
 _PALETTE = torch.tensor([OBJECT_COLOURS[c] for c in LANDMARK_COLOURS], dtype=torch.float64)
 
 
-def score_colour(frames: Tensor, probe: ProbeVideo) -> tuple[float, float]:
-    """(correct 0/1, colour error) of uint8 frames [F, 3, H, W] in the probe's scored pixels."""
+def score_colour(
+    frames: Tensor, probe: ProbeVideo, first_return: bool = False
+) -> tuple[float, float]:
+    """(correct 0/1, colour error) of uint8 frames [F, 3, H, W] in the probe's scored pixels;
+    `first_return`: only those of the first return segment (NaN, NaN if it has none)."""
     if frames.shape != probe.frames.shape:
         raise ValueError(
             f"probe frames {tuple(frames.shape)} differ from the probe's {tuple(probe.frames.shape)}"
@@ -91,6 +100,10 @@ def score_colour(frames: Tensor, probe: ProbeVideo) -> tuple[float, float]:
     scored = probe.scored_frames
     if not scored:
         raise ValueError("the probe has no return frame with the landmark fully uncovered")
+    if first_return:
+        scored = [f for f in scored if f < probe.return_start + probe.segment_frames]
+        if not scored:
+            return math.nan, math.nan
     pixels = frames[scored].permute(1, 0, 2, 3)[:, probe.visible[scored]]  # [3, n]
     mean = pixels.double().mean(dim=1)
     nearest = int((_PALETTE - mean).norm(dim=1).argmin())
@@ -191,6 +204,8 @@ def probe_video_scores(
             "memory_gates_shut": math.nan,
             "colour_error_gates_shut": math.nan,
             "memory_oracle_psi": math.nan,
+            "memory_first_return": score_colour(generated[i], probe, first_return=True)[0],
+            "memory_oracle_psi_first_return": math.nan,
             "return_psnr": return_psnr(generated[i], probe),
             "return_psnr_gates_shut": math.nan,
         }
@@ -199,6 +214,7 @@ def probe_video_scores(
             row["return_psnr_gates_shut"] = return_psnr(shut[i], probe)
         if oracle_psi is not None:
             row["memory_oracle_psi"] = score_colour(oracle_psi[i], probe)[0]
+            row["memory_oracle_psi_first_return"] = score_colour(oracle_psi[i], probe, True)[0]
         out.append(row)
     return out
 

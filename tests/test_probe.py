@@ -77,6 +77,15 @@ def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
     unscored = probe.frames.clone()
     unscored[: probe.return_start] = 0  # only the return frames count
     assert score_colour(unscored, probe) == truth
+    # The first return segment alone: painted wrong after it, right in it.
+    first_end = probe.return_start + probe.segment_frames
+    later = probe.frames.clone()
+    later[first_end:] = painted[first_end:]
+    assert score_colour(later, probe, first_return=True)[0] == 1.0
+    assert score_colour(later, probe)[0] == 0.0  # the later frames outnumber the first's
+    early = probe.frames.clone()
+    early[:first_end] = painted[:first_end]
+    assert score_colour(early, probe, first_return=True)[0] == 0.0
 
 
 def test_return_psnr_scores_the_whole_return_and_nothing_before() -> None:
