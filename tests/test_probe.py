@@ -86,6 +86,10 @@ def test_scorer_reads_the_landmark_colour_in_its_pixels() -> None:
     early = probe.frames.clone()
     early[:first_end] = painted[:first_end]
     assert score_colour(early, probe, first_return=True)[0] == 0.0
+    # 2-frame segments: the shutter (3 frames of travel) is not open before the first one ends.
+    short = render_probe_video(5, (32, 32), 2, ProbeSchedule(prefix_segments=4, gap_segments=10))
+    assert all(math.isnan(v) for v in score_colour(short.frames, short, first_return=True))
+    assert score_colour(short.frames, short) == (1.0, 0.0)
 
 
 def test_return_psnr_scores_the_whole_return_and_nothing_before() -> None:
