@@ -214,7 +214,9 @@ def probe_video_scores(
             row["return_psnr_gates_shut"] = return_psnr(shut[i], probe)
         if oracle_psi is not None:
             row["memory_oracle_psi"] = score_colour(oracle_psi[i], probe)[0]
-            row["memory_oracle_psi_first_return"] = score_colour(oracle_psi[i], probe, True)[0]
+            row["memory_oracle_psi_first_return"] = score_colour(
+                oracle_psi[i], probe, first_return=True
+            )[0]
         out.append(row)
     return out
 
